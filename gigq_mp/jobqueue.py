@@ -1,0 +1,194 @@
+"""`JobQueue`: submitting jobs to one SQLite file and reading them back.
+
+Submission validates everything before writing anything: options, params and
+callables that must serialize, dependencies that must exist, no cycles. Then
+one transaction writes the jobs, parents before children.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .errors import ValidationError, WaitTimeout
+from .model import FINAL, Job, JobStatus, check_job_options, status_value
+from .serialize import decode_value, describe_callable, dump_callable, encode_value
+from .store import Store
+
+_HIDDEN_COLUMNS = ("params_blob", "result_blob", "function_key")
+
+
+def topological_order(jobs: Sequence[Job]) -> List[Job]:
+    """Parents before children among `jobs`; ValidationError naming the jobs of a cycle."""
+    by_id = {job.id: job for job in jobs}
+    if len(by_id) != len(jobs):
+        raise ValidationError("the same Job object (or id) appears twice in one submission")
+    waiting = {job.id: sum(1 for d in set(job.dependencies) if d in by_id) for job in jobs}
+    children: Dict[str, List[str]] = {}
+    for job in jobs:
+        for dep in set(job.dependencies):
+            if dep in by_id:
+                children.setdefault(dep, []).append(job.id)
+    ordered = [job for job in jobs if waiting[job.id] == 0]
+    for job in ordered:  # grows while we walk it
+        for child in children.get(job.id, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ordered.append(by_id[child])
+    if len(ordered) < len(jobs):
+        stuck = [f"{by_id[i].name} ({i})" for i, n in waiting.items() if n > 0]
+        raise ValidationError(f"dependency cycle among jobs: {', '.join(stuck)}")
+    return ordered
+
+
+def job_row(job: Job, functions: Dict[str, bytes], keys_by_function: Dict[int, str]) -> Dict[str, Any]:
+    """Validate one job and encode it as a row for Store.insert_jobs."""
+    if not isinstance(job, Job):
+        raise TypeError(f"expected a Job, got {type(job).__name__}")
+    if job.params is not None and not isinstance(job.params, dict):
+        raise ValidationError(f"params of job {job.name!r} must be a dict, got {type(job.params).__name__}")
+    check_job_options(
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        retry_delay=job.retry_delay,
+        max_memory_mb=getattr(job, "max_memory_mb", None),
+    )
+    key = keys_by_function.get(id(job.function))
+    if key is None:
+        key, blob = dump_callable(job.function)
+        functions[key] = blob
+        keys_by_function[id(job.function)] = key
+    params_text, params_blob = encode_value(job.params or {}, what=f"params of job {job.name!r}")
+    if len(job.dependencies) != len(set(job.dependencies)):
+        raise ValidationError(f"job {job.name!r} lists the same dependency twice")
+    if job.id in job.dependencies:
+        raise ValidationError(f"dependency cycle among jobs: {job.name} ({job.id}) depends on itself")
+    return {
+        "id": job.id,
+        "name": str(job.name),
+        "function_name": getattr(job.function, "__name__", type(job.function).__name__),
+        "function_module": getattr(job.function, "__module__", None) or "__main__",
+        "function_key": key,
+        "params": params_text,
+        "params_blob": params_blob,
+        "priority": job.priority,
+        "dependencies": list(job.dependencies),
+        "max_attempts": job.max_attempts,
+        "timeout": job.timeout,
+        "description": job.description,
+        "created_at": job.created_at,
+        "pass_parent_results": None if job.pass_parent_results is None else int(job.pass_parent_results),
+        "retry_delay": job.retry_delay,
+        "retry_backoff": getattr(job, "retry_backoff", False),
+        "max_memory_mb": getattr(job, "max_memory_mb", None),
+    }
+
+
+def decode_job(row, executions: Optional[list] = None) -> Dict[str, Any]:
+    """A jobs row as GigQ's dict: params, dependencies and result decoded."""
+    job = {k: row[k] for k in row.keys() if k not in _HIDDEN_COLUMNS}
+    job["params"] = decode_value(row["params"], row["params_blob"])
+    job["dependencies"] = json.loads(row["dependencies"]) if row["dependencies"] else []
+    job["result"] = decode_value(row["result"], row["result_blob"])
+    if row["pass_parent_results"] is not None:
+        job["pass_parent_results"] = bool(row["pass_parent_results"])
+    if executions is not None:
+        job["executions"] = [
+            {**dict(e), "result": decode_value(e["result"], None)} for e in executions
+        ]
+    return job
+
+
+class JobQueue:
+    """A job queue in one SQLite file (WAL mode)."""
+
+    def __init__(self, db_path: str, initialize: bool = True):
+        self.db_path = str(db_path)
+        self.store = Store(self.db_path, initialize=initialize)
+
+    def submit(self, job: Job) -> str:
+        """Validate and store one job; returns its id."""
+        return self.submit_many([job])[0]
+
+    def submit_many(self, jobs: Sequence[Job]) -> List[str]:
+        """Validate every job, then store them all in one transaction (or none)."""
+        jobs = list(jobs)
+        functions: Dict[str, bytes] = {}
+        keys: Dict[int, str] = {}
+        rows = {job.id: job_row(job, functions, keys) for job in jobs}
+        ordered = topological_order(jobs)
+        already = self.store.existing_ids(list(rows))
+        if already:
+            raise ValidationError(f"jobs already submitted: {', '.join(sorted(already))}")
+        outside = {d for job in jobs for d in job.dependencies if d not in rows}
+        missing = outside - self.store.existing_ids(list(outside))
+        if missing:
+            raise ValidationError(f"unknown dependency job ids: {', '.join(sorted(missing))}")
+        self.store.insert_jobs([rows[job.id] for job in ordered], functions)
+        return [job.id for job in jobs]
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending job (and its pending descendants); False if it was not pending."""
+        return bool(self.store.cancel_pending(job_id))
+
+    def get_status(self, job_id: str) -> Dict[str, Any]:
+        """The job's fields, decoded, with `exists` and its `executions` (oldest first)."""
+        row = self.store.get_job(job_id)
+        if row is None:
+            return {"exists": False}
+        status = decode_job(row, self.store.executions(job_id))
+        status["exists"] = True
+        return status
+
+    def get_result(self, job_id: str) -> Any:
+        """The decoded result of a completed job; None if not completed; KeyError if unknown."""
+        row = self.store.get_job(job_id)
+        if row is None:
+            raise KeyError(job_id)
+        if row["status"] != JobStatus.COMPLETED.value:
+            return None
+        return decode_value(row["result"], row["result_blob"])
+
+    def list_jobs(self, status: Any = None, limit: int = 100) -> List[Dict[str, Any]]:
+        """Jobs newest first, optionally only those with `status` (a JobStatus or its value)."""
+        return [decode_job(row) for row in self.store.list_jobs(status_value(status), limit)]
+
+    def stats(self) -> Dict[str, int]:
+        """Count of jobs per status value, plus `total`."""
+        counts = {s.value: 0 for s in JobStatus}
+        counts.update(self.store.count_by_status())
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def clear_completed(self, before_timestamp: Optional[str] = None) -> int:
+        """Delete completed and cancelled jobs (finished before the ISO timestamp, if given)."""
+        return self.store.clear_completed(before_timestamp)
+
+    def requeue_job(self, job_id: str) -> bool:
+        """failed, timeout or cancelled -> pending (attempts reset); revives what it cancelled."""
+        return self.store.requeue(job_id)
+
+    def wait(self, ids: Iterable[str], timeout: Optional[float] = None) -> Dict[str, str]:
+        """Block until every job is completed, failed, timeout or cancelled; returns their statuses."""
+        ids = list(ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            rows = self.store.statuses(ids)
+            unknown = [i for i in ids if i not in rows]
+            if unknown:
+                raise KeyError(f"unknown job ids: {', '.join(unknown)}")
+            statuses = {i: rows[i]["status"] for i in ids}
+            if all(s in FINAL for s in statuses.values()):
+                return statuses
+            if deadline is not None and time.monotonic() >= deadline:
+                left = sum(1 for s in statuses.values() if s not in FINAL)
+                raise WaitTimeout(f"{left} of {len(ids)} jobs still unfinished after {timeout} s")
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+
+    def close(self) -> None:
+        """Close this queue's database connection."""
+        self.store.close()

@@ -1,0 +1,76 @@
+"""The small frozen messages that cross the pipe between supervisor and worker process.
+
+    supervisor --WorkerInit, RunJob..., None(stop)--> worker process
+    supervisor <--Accepted, JobSucceeded | JobFailed-- worker process
+
+`WorkerLost` never crosses the pipe: the pool makes it when a worker process
+ends while it holds a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    """First message to a new worker process: where to import user modules from."""
+
+    sys_path: Tuple[str, ...]
+    cwd: str
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Run one attempt of a job. `function_blob` is None when the worker already caches `function_key`."""
+
+    job_id: str
+    attempt: int
+    function_key: str
+    function_blob: Optional[bytes]
+    function_module: str
+    function_name: str
+    params_text: Optional[str]
+    params_blob: Optional[bytes]
+    # (parent id, result text, result blob) in the order of the job's dependencies.
+    parent_results: Tuple[Tuple[str, Optional[str], Optional[bytes]], ...]
+    pass_parent_results: Optional[bool]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The worker process started the attempt: the timeout clock starts now."""
+
+    job_id: str
+    attempt: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class JobSucceeded:
+    """The job returned; its result is already encoded (JSON text or pickle bytes)."""
+
+    job_id: str
+    attempt: int
+    result_text: Optional[str]
+    result_blob: Optional[bytes]
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """The job raised, or its result could not be serialized. `error` holds the traceback."""
+
+    job_id: str
+    attempt: int
+    error_type: str
+    error: str
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker process running this attempt ended without answering."""
+
+    job_id: str
+    attempt: int
+    error: str

@@ -1,0 +1,159 @@
+"""The code that runs inside a worker process.
+
+The supervisor starts `python -c "from gigq_mp.runner import main; main()" FD`
+where FD is this process's end of a socket pair. The worker process never
+imports the user's `__main__` and never touches SQLite: it receives `RunJob`
+messages, answers `Accepted` then `JobSucceeded` or `JobFailed`, and exits when
+the pipe closes, when it is told to stop, or when its supervisor disappears.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Optional
+
+from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
+from .serialize import decode_value, encode_value, load_callable
+
+FUNCTION_CACHE_SIZE = 64
+ORPHAN_CHECK_SECONDS = 0.5
+
+
+class FunctionCache:
+    """A bounded LRU of callables by key. The supervisor keeps a mirror of each
+    worker's cache with the same rule, so it knows when to send a callable again."""
+
+    def __init__(self, capacity: int = FUNCTION_CACHE_SIZE):
+        self.capacity = capacity
+        self._items: "OrderedDict[str, Any]" = OrderedDict()
+
+    def get(self, key: str) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+
+def wants_parent_results(function: Callable) -> bool:
+    """Auto mode: inject when the callable takes `parent_results` or `**kwargs`."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "parent_results" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def run_job(message: RunJob, functions: FunctionCache) -> Any:
+    """Call the job's function with its params (and parent results); return its result."""
+    function = functions.get(message.function_key)
+    if function is None:
+        function = load_callable(message.function_blob, message.function_module, message.function_name)
+        functions.put(message.function_key, function)
+    params = decode_value(message.params_text, message.params_blob) or {}
+    inject = message.pass_parent_results
+    if message.parent_results and (inject or (inject is None and wants_parent_results(function))):
+        params = dict(params)
+        params["parent_results"] = {
+            parent_id: decode_value(text, blob) for parent_id, text, blob in message.parent_results
+        }
+    return function(**params)
+
+
+def answer(message: RunJob, functions: FunctionCache) -> Any:
+    """Run one attempt and build the reply; never raises."""
+    try:
+        result = run_job(message, functions)
+    except BaseException as exc:  # the job's failure, whatever it is, is the answer
+        return JobFailed(
+            message.job_id,
+            message.attempt,
+            type(exc).__name__,
+            "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            + "\n\n"
+            + traceback.format_exc(),
+        )
+    try:
+        text, blob = encode_value(result, what="result")
+    except Exception as exc:
+        return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc))
+    return JobSucceeded(message.job_id, message.attempt, text, blob)
+
+
+def kill_own_descendants() -> None:
+    """Kill every process this worker started (its jobs' children), children first."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in reversed(children):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
+def watch_supervisor(supervisor_pid: int) -> None:
+    """Exit, taking our descendants along, as soon as the supervisor is gone."""
+    while True:
+        threading.Event().wait(ORPHAN_CHECK_SECONDS)
+        if os.getppid() != supervisor_pid:
+            kill_own_descendants()
+            os._exit(70)
+
+
+def serve(conn: Connection) -> None:
+    """Answer RunJob messages until the pipe closes or a None arrives."""
+    functions = FunctionCache()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        conn.send(Accepted(message.job_id, message.attempt, os.getpid()))
+        reply = answer(message, functions)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # a reply that cannot be pickled is reported, not lost
+            conn.send(JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc)))
+
+
+def main() -> None:
+    """Entry point of a worker process: argv[1] is the fd of our end of the pipe."""
+    # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    supervisor_pid = os.getppid()
+    conn = Connection(int(sys.argv[1]))
+    init: WorkerInit = conn.recv()
+    sys.path[:] = list(init.sys_path) + [p for p in sys.path if p not in init.sys_path]
+    os.chdir(init.cwd)
+    threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
+    status = 0
+    try:
+        serve(conn)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

@@ -1,0 +1,126 @@
+"""Pure readiness logic: which tracked jobs may run now, in priority order.
+
+No SQL, no processes, no clock of its own: the supervisor tells it what
+happened (a job added, a parent completed, an attempt to retry later) and asks
+for the next ready jobs at a time it passes in. Each job waits on a counter of
+unfinished parents; when it reaches zero the job enters the ready heap (or the
+delayed heap, when a retry delay has not passed yet).
+
+Ready order: higher priority first, then older (created_at, then insertion).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+OrderKey = Tuple[int, str, int]  # (-priority, created_at, sequence)
+
+WAITING, READY, DELAYED, RUNNING = "waiting", "ready", "delayed", "running"
+
+
+def order_key(priority: int, created_at: str, sequence: int) -> OrderKey:
+    return (-int(priority or 0), created_at, sequence)
+
+
+class Scheduler:
+    """The jobs one supervisor tracks, and which of them are ready."""
+
+    def __init__(self) -> None:
+        self._state: Dict[str, str] = {}
+        self._key: Dict[str, OrderKey] = {}
+        self._unfinished: Dict[str, Set[str]] = {}  # job -> parents not yet completed
+        self._children: Dict[str, List[str]] = {}  # parent -> tracked jobs waiting on it
+        self._ready: List[Tuple[OrderKey, str]] = []
+        self._delayed: List[Tuple[float, OrderKey, str]] = []
+        self._eligible_at: Dict[str, float] = {}
+        self._n_ready = 0
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._state
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def state(self, job_id: str) -> Optional[str]:
+        return self._state.get(job_id)
+
+    def pending_ids(self) -> Set[str]:
+        """Tracked jobs that are not running here."""
+        return {job_id for job_id, state in self._state.items() if state != RUNNING}
+
+    def add(
+        self, job_id: str, key: OrderKey, unfinished_parents: Iterable[str], eligible_at: Optional[float] = None
+    ) -> None:
+        """Track a pending job; it becomes ready once every listed parent has completed."""
+        self._key[job_id] = key
+        parents = set(unfinished_parents)
+        if parents:
+            self._state[job_id] = WAITING
+            self._unfinished[job_id] = parents
+            for parent in parents:
+                self._children.setdefault(parent, []).append(job_id)
+        else:
+            self._release(job_id, eligible_at)
+
+    def _release(self, job_id: str, eligible_at: Optional[float]) -> None:
+        if eligible_at is None:
+            self._state[job_id] = READY
+            self._n_ready += 1
+            heapq.heappush(self._ready, (self._key[job_id], job_id))
+        else:
+            self._state[job_id] = DELAYED
+            self._eligible_at[job_id] = eligible_at
+            heapq.heappush(self._delayed, (eligible_at, self._key[job_id], job_id))
+
+    def parent_completed(self, parent_id: str) -> None:
+        """A parent completed: its tracked children may become ready."""
+        for child in self._children.pop(parent_id, ()):
+            parents = self._unfinished.get(child)
+            if parents is None or self._state.get(child) != WAITING:
+                continue
+            parents.discard(parent_id)
+            if not parents:
+                del self._unfinished[child]
+                self._release(child, None)
+
+    def external_parents(self) -> Set[str]:
+        """Parents that waiting jobs wait on but this scheduler does not track."""
+        return {p for parents in self._unfinished.values() for p in parents if p not in self._state}
+
+    def pop_ready(self, now: float, limit: int) -> List[str]:
+        """Up to `limit` ready jobs in priority order; they are marked running."""
+        while self._delayed and self._delayed[0][0] <= now:
+            eligible_at, key, job_id = heapq.heappop(self._delayed)
+            if self._state.get(job_id) == DELAYED and self._eligible_at.get(job_id) == eligible_at:
+                del self._eligible_at[job_id]
+                self._release(job_id, None)
+        taken: List[str] = []
+        while self._ready and len(taken) < limit:
+            key, job_id = heapq.heappop(self._ready)
+            if self._state.get(job_id) == READY and self._key.get(job_id) == key:
+                self._state[job_id] = RUNNING
+                self._n_ready -= 1
+                taken.append(job_id)
+        return taken
+
+    def next_eligible_at(self) -> Optional[float]:
+        """When the earliest delayed job becomes ready (stale heap entries may make it early)."""
+        return self._delayed[0][0] if self._delayed else None
+
+    def retry(self, job_id: str, eligible_at: Optional[float]) -> None:
+        """A running job failed an attempt and will run again, not before `eligible_at`."""
+        self._release(job_id, eligible_at)
+
+    def ready_count(self, now: float) -> int:
+        """How many jobs pop_ready(now, ...) could hand out."""
+        due = sum(1 for eligible_at, _, job_id in self._delayed if eligible_at <= now and self._state.get(job_id) == DELAYED)
+        return self._n_ready + due
+
+    def discard(self, job_id: str) -> None:
+        """Stop tracking a job (it ended, or left pending without us)."""
+        if self._state.pop(job_id, None) == READY:
+            self._n_ready -= 1
+        self._key.pop(job_id, None)
+        self._unfinished.pop(job_id, None)
+        self._eligible_at.pop(job_id, None)

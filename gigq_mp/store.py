@@ -1,0 +1,463 @@
+"""Every SQL statement of gigq_mp: the schema, its migrations, and one method per operation.
+
+The tables `jobs` and `job_executions` keep GigQ 0.5's columns, so GigQ's tools
+read our databases and GigQ's databases open here; the columns we add are
+appended in place. Callables are stored once per distinct pickle in
+`functions`; `job_dependencies` holds the DAG's edges for descendant queries.
+Only the supervisor changes job state after submission, each change a single
+guarded UPDATE whose row count is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+import weakref
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import GigqMpError, ValidationError
+from .model import FINAL, now_iso
+
+SCHEMA_VERSION = 1
+
+_GIGQ_JOBS = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    function_name TEXT NOT NULL,
+    function_module TEXT NOT NULL,
+    params TEXT,
+    priority INTEGER DEFAULT 0,
+    dependencies TEXT,
+    max_attempts INTEGER DEFAULT 3,
+    timeout INTEGER DEFAULT 300,
+    description TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    attempts INTEGER DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    started_at TEXT,
+    completed_at TEXT,
+    worker_id TEXT,
+    pass_parent_results INTEGER,
+    retry_delay INTEGER DEFAULT 0,
+    retry_after TEXT
+)"""
+
+_GIGQ_EXECUTIONS = """
+CREATE TABLE IF NOT EXISTS job_executions (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    completed_at TEXT,
+    result TEXT,
+    error TEXT,
+    FOREIGN KEY (job_id) REFERENCES jobs (id)
+)"""
+
+# Columns added to GigQ's tables, created in place on databases that lack them.
+_ADDED_COLUMNS = {
+    "jobs": [
+        ("pass_parent_results", "INTEGER"),
+        ("retry_delay", "INTEGER DEFAULT 0"),
+        ("retry_after", "TEXT"),
+        ("function_key", "TEXT"),
+        ("params_blob", "BLOB"),
+        ("result_blob", "BLOB"),
+        ("retry_backoff", "INTEGER DEFAULT 0"),
+        ("max_memory_mb", "REAL"),
+        ("blocked_by", "TEXT"),
+    ],
+    "job_executions": [("attempt", "INTEGER"), ("pid", "INTEGER")],
+}
+
+_OUR_TABLES = [
+    "CREATE TABLE IF NOT EXISTS gigq_mp_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS job_dependencies (
+        job_id TEXT NOT NULL, depends_on TEXT NOT NULL, position INTEGER NOT NULL,
+        PRIMARY KEY (job_id, depends_on))""",
+]
+
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (status)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_blocked_by ON jobs (blocked_by)",
+    "CREATE INDEX IF NOT EXISTS idx_job_dependencies_parent ON job_dependencies (depends_on)",
+    "CREATE INDEX IF NOT EXISTS idx_job_executions_job ON job_executions (job_id)",
+]
+
+# The fields the supervisor needs to run an attempt, returned by a successful claim.
+_CLAIM_FIELDS = (
+    "id, name, attempts, max_attempts, timeout, retry_delay, retry_backoff, function_key, "
+    "function_module, function_name, params, params_blob, pass_parent_results, dependencies, max_memory_mb"
+)
+
+_DESCENDANTS = """
+WITH RECURSIVE down(id) AS (
+    SELECT job_id FROM job_dependencies WHERE depends_on = ?
+    UNION
+    SELECT d.job_id FROM job_dependencies d JOIN down ON d.depends_on = down.id
+)"""
+
+_CHUNK = 900  # stay far below SQLite's limit on bound variables
+
+_open_stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every store this process opened."""
+    for store in list(_open_stores):
+        store.close()
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class Store:
+    """One SQLite database: its schema and every read and write of job state."""
+
+    def __init__(self, path: str, initialize: bool = True):
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise GigqMpError(f"cannot open database {path!r}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            if initialize:
+                self._initialize()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise GigqMpError(f"{path!r} is not a usable gigq_mp database: {exc}") from exc
+        _open_stores.add(self)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        with self.transaction() as db:
+            db.execute(_GIGQ_JOBS)
+            db.execute(_GIGQ_EXECUTIONS)
+            had_edges = bool(
+                db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_dependencies'").fetchone()
+            )
+            for ddl in _OUR_TABLES:
+                db.execute(ddl)
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            for ddl in _INDEXES:
+                db.execute(ddl)
+            row = db.execute("SELECT value FROM gigq_mp_meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise ValidationError(
+                    f"database {self.path!r} has schema version {row[0]}, newer than this "
+                    f"gigq_mp understands ({SCHEMA_VERSION}); upgrade gigq_mp"
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO gigq_mp_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            if not had_edges:  # a GigQ database: derive the edges from the JSON lists
+                for job_id, deps in db.execute("SELECT id, dependencies FROM jobs").fetchall():
+                    self._insert_edges(db, job_id, json.loads(deps or "[]"))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE) that rolls back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> List[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+        _open_stores.discard(self)
+
+    def data_version(self) -> int:
+        """Changes when another connection commits a write (PRAGMA data_version)."""
+        return self._read("PRAGMA data_version")[0][0]
+
+    # -- submission -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_edges(db: sqlite3.Connection, job_id: str, deps: Sequence[str]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
+            [(job_id, dep, position) for position, dep in enumerate(deps)],
+        )
+
+    def existing_ids(self, ids: Sequence[str]) -> set:
+        found: set = set()
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._read(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
+        return found
+
+    def insert_jobs(self, rows: List[Dict[str, Any]], functions: Dict[str, bytes]) -> None:
+        """Insert fully validated job rows (parents first) and their callables, all or nothing."""
+        now = now_iso()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO functions (key, blob) VALUES (?, ?)", list(functions.items())
+            )
+            for row in rows:
+                db.execute(
+                    """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
+                        params_blob, priority, dependencies, max_attempts, timeout, description, status,
+                        created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
+                        max_memory_mb)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?)""",
+                    (
+                        row["id"], row["name"], row["function_name"], row["function_module"],
+                        row["function_key"], row["params"], row["params_blob"], row["priority"],
+                        json.dumps(row["dependencies"]), row["max_attempts"], row["timeout"],
+                        row["description"], row["created_at"], now, row["pass_parent_results"],
+                        row["retry_delay"], int(row["retry_backoff"]), row["max_memory_mb"],
+                    ),
+                )
+                self._insert_edges(db, row["id"], row["dependencies"])
+
+    # -- queries for users ----------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Optional[sqlite3.Row]:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def executions(self, job_id: str) -> List[sqlite3.Row]:
+        return self._read(
+            "SELECT * FROM job_executions WHERE job_id = ? ORDER BY started_at, rowid", (job_id,)
+        )
+
+    def list_jobs(self, status: Optional[str], limit: int) -> List[sqlite3.Row]:
+        if status is None:
+            return self._read("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+        return self._read(
+            "SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (status, limit),
+        )
+
+    def count_by_status(self) -> Dict[str, int]:
+        return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+
+    def statuses(self, ids: Sequence[str]) -> Dict[str, sqlite3.Row]:
+        """id -> row(id, name, status, error) for those ids that exist."""
+        found: Dict[str, sqlite3.Row] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(f"SELECT id, name, status, error FROM jobs WHERE id IN ({marks})", chunk):
+                found[row["id"]] = row
+        return found
+
+    def results(self, ids: Sequence[str]) -> Dict[str, Tuple[Optional[str], Optional[bytes]]]:
+        """id -> encoded result (text, blob) of those ids that are completed."""
+        found: Dict[str, Tuple[Optional[str], Optional[bytes]]] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(
+                f"SELECT id, result, result_blob FROM jobs WHERE status = 'completed' AND id IN ({marks})",
+                chunk,
+            ):
+                found[row[0]] = (row[1], row[2])
+        return found
+
+    # -- user actions ---------------------------------------------------------------------------
+
+    def cancel_pending(self, job_id: str) -> List[str]:
+        """Cancel a pending job and its pending descendants; [] when the job was not pending."""
+        now = now_iso()
+        with self.transaction() as db:
+            done = db.execute(
+                "UPDATE jobs SET status = 'cancelled', updated_at = ?, completed_at = ?, "
+                "error = 'cancelled by user' WHERE id = ? AND status = 'pending'",
+                (now, now, job_id),
+            ).rowcount
+            if not done:
+                return []
+            return [job_id] + self._cascade(db, job_id, "cancelled")
+
+    def cascade(self, job_id: str, status: str) -> List[str]:
+        """Cancel the pending descendants of a job that ended `status`; return their ids."""
+        with self.transaction() as db:
+            return self._cascade(db, job_id, status)
+
+    def _cascade(self, db: sqlite3.Connection, job_id: str, status: str) -> List[str]:
+        name_row = db.execute("SELECT name FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        name = name_row[0] if name_row else "?"
+        now = now_iso()
+        rows = db.execute(
+            _DESCENDANTS
+            + """UPDATE jobs SET status = 'cancelled', error = ?, blocked_by = ?, updated_at = ?,
+                    completed_at = ?
+                 WHERE id IN (SELECT id FROM down) AND status = 'pending' RETURNING id""",
+            (job_id, f"upstream job {name} ({job_id}) ended {status}", job_id, now, now),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def block(self, job_id: str, error: str, upstream: str) -> bool:
+        """Cancel one pending job whose parent can never complete."""
+        now = now_iso()
+        with self.transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE jobs SET status = 'cancelled', error = ?, blocked_by = ?, updated_at = ?, "
+                    "completed_at = ? WHERE id = ? AND status = 'pending'",
+                    (error, upstream, now, now, job_id),
+                ).rowcount
+            )
+
+    def requeue(self, job_id: str) -> bool:
+        """failed/timeout/cancelled -> pending, attempts reset; revive what its end cancelled."""
+        now = now_iso()
+        with self.transaction() as db:
+            done = db.execute(
+                "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, retry_after = NULL, "
+                "blocked_by = NULL, completed_at = NULL, updated_at = ? "
+                "WHERE id = ? AND status IN ('failed', 'timeout', 'cancelled')",
+                (now, job_id),
+            ).rowcount
+            if done:
+                db.execute(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, retry_after = NULL, "
+                    "blocked_by = NULL, completed_at = NULL, updated_at = ? "
+                    "WHERE blocked_by = ? AND status = 'cancelled'",
+                    (now, job_id),
+                )
+            return bool(done)
+
+    def clear_completed(self, before: Optional[str]) -> int:
+        with self.transaction() as db:
+            where = "status IN ('completed', 'cancelled')" + (" AND completed_at < ?" if before else "")
+            args = (before,) if before else ()
+            db.execute(
+                f"DELETE FROM job_executions WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
+            )
+            db.execute(
+                f"DELETE FROM job_dependencies WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
+            )
+            return db.execute(f"DELETE FROM jobs WHERE {where}", args).rowcount
+
+    # -- the supervisor's operations ------------------------------------------------------------
+
+    def pending_jobs(self) -> List[sqlite3.Row]:
+        """Every pending job, with what the scheduler needs to order it."""
+        return self._read(
+            "SELECT id, priority, created_at, rowid AS seq, retry_after, dependencies "
+            "FROM jobs WHERE status = 'pending'"
+        )
+
+    def claim(self, job_ids: Sequence[str], worker_id: str) -> List[Tuple[sqlite3.Row, str]]:
+        """Move pending jobs to running and open an attempt for each; skip jobs no longer pending.
+
+        Returns (job row, execution id) for each job claimed.
+        """
+        now = now_iso()
+        claimed = []
+        with self.transaction() as db:
+            for job_id in job_ids:
+                row = db.execute(
+                    f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
+                            started_at = ?, updated_at = ?, retry_after = NULL
+                        WHERE id = ? AND status = 'pending' RETURNING {_CLAIM_FIELDS}""",
+                    (worker_id, now, now, job_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                execution_id = str(uuid.uuid4())
+                db.execute(
+                    "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
+                    "VALUES (?, ?, ?, 'running', ?, ?)",
+                    (execution_id, job_id, worker_id, now, row["attempts"]),
+                )
+                claimed.append((row, execution_id))
+        return claimed
+
+    def function_blob(self, key: str) -> Optional[bytes]:
+        rows = self._read("SELECT blob FROM functions WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_execution_pid(self, execution_id: str, pid: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE job_executions SET pid = ? WHERE id = ?", (pid, execution_id))
+
+    def record_success(
+        self, job_id: str, execution_id: str, worker_id: str, text: Optional[str], blob: Optional[bytes]
+    ) -> bool:
+        """running -> completed with its result; False when the job was no longer ours."""
+        now = now_iso()
+        with self.transaction() as db:
+            done = db.execute(
+                """UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, error = NULL,
+                        completed_at = ?, updated_at = ?
+                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                (text, blob, now, now, job_id, worker_id),
+            ).rowcount
+            db.execute(
+                "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ? WHERE id = ?",
+                (now, text, execution_id),
+            )
+        return bool(done)
+
+    def record_failure(
+        self,
+        job_id: str,
+        execution_id: str,
+        worker_id: str,
+        attempt_status: str,
+        error: str,
+        job_status: str,
+        retry_after: Optional[str] = None,
+    ) -> bool:
+        """Close a failed attempt; the job goes to `job_status` (pending again or final)."""
+        now = now_iso()
+        final = job_status in FINAL
+        with self.transaction() as db:
+            done = db.execute(
+                """UPDATE jobs SET status = ?, error = ?, retry_after = ?, updated_at = ?,
+                        completed_at = ?
+                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                (job_status, error, retry_after, now, now if final else None, job_id, worker_id),
+            ).rowcount
+            db.execute(
+                "UPDATE job_executions SET status = ?, completed_at = ?, error = ? WHERE id = ?",
+                (attempt_status, now, error, execution_id),
+            )
+        return bool(done)
+
+    def record_interrupted(self, job_id: str, execution_id: str, worker_id: str, reason: str) -> bool:
+        """A stop killed this attempt: the job is pending again and the attempt is not counted."""
+        now = now_iso()
+        with self.transaction() as db:
+            done = db.execute(
+                """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
+                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                (now, job_id, worker_id),
+            ).rowcount
+            db.execute(
+                "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ? WHERE id = ?",
+                (now, reason, execution_id),
+            )
+        return bool(done)

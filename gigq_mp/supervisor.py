@@ -1,0 +1,434 @@
+"""The supervisor loop: claim ready jobs, dispatch them, wait, decide, record.
+
+    sync with the store ──> scheduler (ready heap) ──claim──> store (running)
+          ^                                                      │
+          │                            RunJob ──> executor (worker processes)
+          │                                                      │
+    record outcome <── decide (retry / final / cascade) <── events, deadlines
+
+The supervisor alone owns the database connection and the scheduling state.
+It waits in one place, `executor.wait`, over the worker pipes and a wake-up
+pipe, with a timeout set by the nearest deadline, retry time or poll. Its
+clock is a parameter so deadline logic can be tested on fake time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Dict, Iterable, List, Optional, Set
+
+from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerLost
+from .model import BLOCKING, FINAL
+from .pool import Executor, LocalPool
+from .scheduler import Scheduler, order_key
+from .store import Store
+
+logger = logging.getLogger("gigq_mp.supervisor")
+
+RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
+RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
+SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
+
+_live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
+
+
+@dataclass
+class Attempt:
+    """One attempt of a job running in this supervisor's pool."""
+
+    job_id: str
+    name: str
+    execution_id: str
+    number: int
+    max_attempts: int
+    timeout: float
+    retry_delay: float
+    retry_backoff: bool
+    deadline: Optional[float] = None  # set when the worker process accepts the job
+
+
+def retry_delay_for(attempt: Attempt, jitter: float) -> float:
+    """Seconds before the next attempt: retry_delay, doubled per attempt when backing off."""
+    if not attempt.retry_backoff:
+        return float(attempt.retry_delay)
+    base = float(attempt.retry_delay) or 1.0
+    return min(base * 2 ** (attempt.number - 1), RETRY_BACKOFF_CAP) * (1.0 + RETRY_JITTER * jitter)
+
+
+class Supervisor:
+    """Runs pending jobs of one database in a pool of worker processes."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        worker_id: str,
+        concurrency: int,
+        polling_interval: float = 5.0,
+        grace_period: float = 5.0,
+        scope: Optional[Set[str]] = None,
+        targets: Optional[Set[str]] = None,
+        executor_factory: Optional[Callable[[], Executor]] = None,
+        max_tasks_per_worker: Optional[int] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.store = store
+        self.worker_id = worker_id
+        self.polling_interval = polling_interval
+        self.grace_period = grace_period
+        self.scope = scope
+        self.clock = clock
+        self._executor_factory = executor_factory or (
+            lambda: LocalPool(concurrency, max_tasks_per_worker=max_tasks_per_worker)
+        )
+        self.executor: Optional[Executor] = None
+        self.scheduler = Scheduler()
+        self.running: Dict[str, Attempt] = {}
+        self.open_targets: Set[str] = set(targets or ())  # jobs run(until=...) waits for
+        self.finished_attempts = 0
+        self._functions: Dict[str, Optional[bytes]] = {}
+        self._version: Optional[int] = None
+        self._last_sync = float("-inf")
+        self._stop = threading.Event()
+        self._cold = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        _live.add(self)
+
+    # -- control from other threads and signal handlers ----------------------------------------
+
+    def request_stop(self, cold: bool = False) -> None:
+        """Stop claiming; running jobs get the grace period (none when `cold`)."""
+        if cold:
+            self._cold.set()
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            logger.debug("wake-up pipe full or closed; the loop wakes anyway")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, until: Optional[Callable[[], bool]] = None, max_attempts: Optional[int] = None) -> int:
+        """Run until stopped, until `until()` is true, or until `max_attempts` attempts ended.
+
+        With `max_attempts`, returns as soon as nothing is ready and nothing runs.
+        Returns the number of attempts that ended.
+        """
+        started = self.finished_attempts
+        self._stop.clear()
+        self._cold.clear()
+        try:
+            self._sync(force=True)
+            while not self._stop.is_set():
+                now = self.clock()
+                self._sync()
+                if until is not None and until():
+                    break
+                done = self.finished_attempts - started
+                if max_attempts is not None and done >= max_attempts and not self.running:
+                    break
+                budget = None if max_attempts is None else max_attempts - done - len(self.running)
+                self._dispatch(now, budget)
+                if max_attempts is not None and not self.running:
+                    break  # nothing ready: process_one has nothing to do
+                self._step(self._wait_timeout(now))
+            self._drain()
+        except BaseException:
+            self._abort()
+            raise
+        return self.finished_attempts - started
+
+    def _step(self, timeout: Optional[float]) -> None:
+        executor = self._ensure_executor()
+        events = executor.wait(timeout, [self._wake_r])
+        self._drain_wake()
+        for event in events:
+            self._handle(event)
+        self._expire(self.clock())
+
+    def _wait_timeout(self, now: float) -> float:
+        candidates = [self.polling_interval]
+        candidates += [a.deadline - now for a in self.running.values() if a.deadline is not None]
+        eligible = self.scheduler.next_eligible_at()
+        if eligible is not None:
+            candidates.append(eligible - now)
+        return max(0.0, min(candidates))
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                continue
+        except BlockingIOError:
+            return
+
+    def _ensure_executor(self) -> Executor:
+        if self.executor is None:
+            self.executor = self._executor_factory()
+        return self.executor
+
+    # -- sync with the database -----------------------------------------------------------------
+
+    def _sync(self, force: bool = False) -> None:
+        """Reload pending jobs when another process changed the database (or when forced)."""
+        now = self.clock()
+        version = self.store.data_version()
+        if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
+            return
+        self._version, self._last_sync = version, now
+        pending = self.store.pending_jobs()
+        pending_ids = set()
+        new_rows = []
+        for row in pending:
+            job_id = row["id"]
+            if self.scope is not None and job_id not in self.scope:
+                continue
+            pending_ids.add(job_id)
+            if job_id not in self.scheduler:
+                new_rows.append(row)
+        for job_id in self.scheduler.pending_ids() - pending_ids:
+            self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
+        self._track(new_rows)
+        self._resolve_external_parents()
+        self._refresh_targets()
+
+    def _track(self, rows: list) -> None:
+        deps_of = {row["id"]: json.loads(row["dependencies"] or "[]") for row in rows}
+        unknown = {p for deps in deps_of.values() for p in deps if p not in self.scheduler and p not in deps_of}
+        statuses = self.store.statuses(list(unknown))
+        wall, mono = datetime.now(), self.clock()
+        blocked = []
+        for row in rows:
+            job_id, deps = row["id"], deps_of[row["id"]]
+            unfinished = []
+            for parent in deps:
+                status = "pending" if (parent in self.scheduler or parent in deps_of) else None
+                if status is None and parent in statuses:
+                    status = statuses[parent]["status"]
+                if status is None or status in BLOCKING:
+                    blocked.append((job_id, parent, statuses.get(parent)))
+                    break
+                if status != "completed":
+                    unfinished.append(parent)
+            else:
+                self.scheduler.add(
+                    job_id,
+                    order_key(row["priority"], row["created_at"], row["seq"]),
+                    unfinished,
+                    self._eligible_at(row["retry_after"], wall, mono),
+                )
+        for job_id, parent, parent_row in blocked:
+            if parent_row is None:
+                self.store.block(job_id, f"dependency {parent} does not exist", parent)
+                self._forget([job_id] + self.store.cascade(job_id, "cancelled"))
+            else:
+                self._forget(self.store.cascade(parent, parent_row["status"]))
+
+    @staticmethod
+    def _eligible_at(retry_after: Optional[str], wall: datetime, mono: float) -> Optional[float]:
+        if not retry_after:
+            return None
+        try:
+            wait = (datetime.fromisoformat(retry_after) - wall).total_seconds()
+        except ValueError:
+            return None
+        return mono + wait if wait > 0 else None
+
+    def _resolve_external_parents(self) -> None:
+        external = self.scheduler.external_parents() - set(self.running)
+        if not external:
+            return
+        statuses = self.store.statuses(list(external))
+        for parent in external:
+            row = statuses.get(parent)
+            if row is not None and row["status"] == "completed":
+                self.scheduler.parent_completed(parent)
+            elif row is not None and row["status"] in BLOCKING:
+                self._forget(self.store.cascade(parent, row["status"]))
+
+    def _refresh_targets(self) -> None:
+        unseen = [t for t in self.open_targets if t not in self.scheduler and t not in self.running]
+        for job_id, row in self.store.statuses(unseen).items():
+            if row["status"] in FINAL:
+                self.open_targets.discard(job_id)
+
+    def _forget(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self.scheduler.discard(job_id)
+            self.open_targets.discard(job_id)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _dispatch(self, now: float, budget: Optional[int]) -> None:
+        if self._stop.is_set():
+            return
+        executor = self._ensure_executor()
+        while True:
+            room = executor.idle_count() if budget is None else min(executor.idle_count(), budget)
+            if room <= 0:
+                return
+            job_ids = self.scheduler.pop_ready(now, room)
+            if not job_ids:
+                return
+            claimed = self.store.claim(job_ids, self.worker_id)
+            taken = {row["id"] for row, _ in claimed}
+            for job_id in job_ids:
+                if job_id not in taken:
+                    self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
+            parents = {row["id"]: json.loads(row["dependencies"] or "[]") for row, _ in claimed}
+            results = self.store.results([p for deps in parents.values() for p in deps])
+            for row, execution_id in claimed:
+                self._send(executor, row, execution_id, parents[row["id"]], results)
+            if budget is not None:
+                budget -= len(claimed)
+
+    def _send(self, executor: Executor, row, execution_id: str, parents: List[str], results: dict) -> None:
+        key = row["function_key"] or f"{row['function_module']}:{row['function_name']}"
+        if key not in self._functions:
+            self._functions[key] = self.store.function_blob(key) if row["function_key"] else None
+        attempt = Attempt(
+            job_id=row["id"],
+            name=row["name"],
+            execution_id=execution_id,
+            number=row["attempts"],
+            max_attempts=row["max_attempts"],
+            timeout=float(row["timeout"]),
+            retry_delay=float(row["retry_delay"] or 0),
+            retry_backoff=bool(row["retry_backoff"]),
+        )
+        self.running[attempt.job_id] = attempt
+        executor.dispatch(
+            RunJob(
+                job_id=row["id"],
+                attempt=row["attempts"],
+                function_key=key,
+                function_blob=self._functions[key],
+                function_module=row["function_module"],
+                function_name=row["function_name"],
+                params_text=row["params"],
+                params_blob=row["params_blob"],
+                parent_results=tuple((p, *results.get(p, (None, None))) for p in parents),
+                pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
+            )
+        )
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _handle(self, event) -> None:
+        attempt = self.running.get(event.job_id)
+        if attempt is None or event.attempt != attempt.number:
+            logger.debug("ignoring %r for an attempt that is no longer running", event)
+            return
+        if isinstance(event, Accepted):
+            attempt.deadline = self.clock() + attempt.timeout
+            self.store.set_execution_pid(attempt.execution_id, event.pid)
+        elif isinstance(event, JobSucceeded):
+            self._succeeded(attempt, event)
+        elif isinstance(event, (JobFailed, WorkerLost)):
+            self._failed(attempt, "failed", event.error)
+        else:
+            raise TypeError(f"unexpected event from the executor: {event!r}")
+
+    def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
+        del self.running[attempt.job_id]
+        self.finished_attempts += 1
+        self.scheduler.discard(attempt.job_id)
+        self.open_targets.discard(attempt.job_id)
+        if self.store.record_success(
+            attempt.job_id, attempt.execution_id, self.worker_id, event.result_text, event.result_blob
+        ):
+            self.scheduler.parent_completed(attempt.job_id)
+        else:
+            logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
+
+    def _failed(self, attempt: Attempt, kind: str, error: str) -> None:
+        del self.running[attempt.job_id]
+        self.finished_attempts += 1
+        label = f"attempt {attempt.number} of {attempt.max_attempts}"
+        if attempt.number < attempt.max_attempts:
+            delay = retry_delay_for(attempt, random.random())
+            retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
+            if self.store.record_failure(
+                attempt.job_id, attempt.execution_id, self.worker_id, kind, error, "pending", retry_after
+            ):
+                self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
+            else:
+                self.scheduler.discard(attempt.job_id)
+            logger.info("job %s (%s) %s on %s; retrying", attempt.name, attempt.job_id, kind, label)
+            return
+        self.scheduler.discard(attempt.job_id)
+        self.open_targets.discard(attempt.job_id)
+        if self.store.record_failure(attempt.job_id, attempt.execution_id, self.worker_id, kind, error, kind):
+            self._forget(self.store.cascade(attempt.job_id, kind))
+        logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
+
+    def _expire(self, now: float) -> None:
+        for attempt in list(self.running.values()):
+            if attempt.deadline is not None and now >= attempt.deadline:
+                self._ensure_executor().kill(attempt.job_id)
+                self._failed(
+                    attempt,
+                    "timeout",
+                    f"timed out after {attempt.timeout:g} s; its worker process tree was killed",
+                )
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Stopped: let running jobs finish within the grace period, then interrupt the rest."""
+        if not self.running:
+            return
+        deadline = self.clock() + (0.0 if self._cold.is_set() else self.grace_period)
+        while self.running and not self._cold.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            self._step(min(left, self._wait_timeout(self.clock())))
+        self._interrupt_running("stopped before it finished")
+
+    def _abort(self) -> None:
+        """An exception (Ctrl-C) stops everything now; the database stays consistent."""
+        try:
+            self._interrupt_running("interrupted")
+        finally:
+            self.close()
+
+    def _interrupt_running(self, reason: str) -> None:
+        for attempt in list(self.running.values()):
+            if self.executor is not None:
+                self.executor.kill(attempt.job_id)
+            del self.running[attempt.job_id]
+            self.scheduler.discard(attempt.job_id)
+            self.store.record_interrupted(attempt.job_id, attempt.execution_id, self.worker_id, reason)
+
+    def close(self) -> None:
+        """Shut the pool down and release the wake-up pipe. Idempotent."""
+        if self._wake_r < 0:
+            return
+        if self.running:
+            self._interrupt_running("supervisor closed")
+        if self.executor is not None:
+            executor, self.executor = self.executor, None
+            executor.shutdown()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                logger.debug("wake-up fd %d already closed", fd)
+        self._wake_r = self._wake_w = -1
+        _live.discard(self)
+
+
+def close_all() -> None:
+    """Shut down every live supervisor's pool (at interpreter exit)."""
+    for supervisor in list(_live):
+        supervisor.close()

@@ -1,0 +1,116 @@
+"""`Workflow`: building a DAG of jobs, submitting it, and running it to the end."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+from .errors import ValidationError, WaitTimeout, WorkflowFailed
+from .jobqueue import JobQueue
+from .model import Job
+from .serialize import decode_value
+from .supervisor import Supervisor
+from .task import TaskWrapper
+
+
+class Workflow:
+    """A named set of jobs and the dependencies between them."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.jobs: List[Job] = []
+        self.job_map: Dict[str, Job] = {}
+
+    def add_job(self, job: Job, depends_on: Optional[List[Job]] = None) -> Job:
+        """Add `job`, running after every job of `depends_on`; returns the job."""
+        if not isinstance(job, Job):
+            raise TypeError(f"add_job needs a Job, got {type(job).__name__}")
+        if job.id in self.job_map:
+            raise ValidationError(f"job {job.name!r} ({job.id}) is already in workflow {self.name!r}")
+        for parent in depends_on or []:
+            parent_id = parent.id if isinstance(parent, Job) else parent
+            if not isinstance(parent_id, str):
+                raise TypeError(f"depends_on takes Jobs (or job ids), got {type(parent).__name__}")
+            if parent_id not in job.dependencies:
+                job.dependencies.append(parent_id)
+        self.jobs.append(job)
+        self.job_map[job.id] = job
+        return job
+
+    def add_task(
+        self,
+        task_fn: Any,
+        params: Optional[dict] = None,
+        depends_on: Optional[List[Job]] = None,
+        pass_parent_results: Optional[bool] = None,
+    ) -> Job:
+        """Add a job of a `@task` with `params`; returns the new Job."""
+        if not isinstance(task_fn, TaskWrapper):
+            raise TypeError(
+                f"add_task needs a function decorated with @task, got {task_fn!r}; "
+                "decorate it with @task or use add_job(Job(...))"
+            )
+        return self.add_job(task_fn.make_job(params, pass_parent_results), depends_on)
+
+    def submit_all(self, queue: JobQueue) -> List[str]:
+        """Validate every job, then submit them all in one transaction; returns their ids."""
+        return queue.submit_many(self.jobs)
+
+    def run(
+        self, queue: Optional[JobQueue] = None, workers: Optional[int] = None, timeout: Optional[float] = None
+    ) -> Dict[str, Any]:
+        """Submit what is not yet submitted, run every job to the end, return {job_id: result}.
+
+        Raises WorkflowFailed (with `.results` and `.failures`) if any job did not
+        complete, WaitTimeout if `timeout` seconds pass first. Without a queue the
+        jobs go to a throwaway in-memory database.
+        """
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
+        own_queue = queue is None
+        queue = JobQueue(":memory:") if own_queue else queue
+        try:
+            ids = [job.id for job in self.jobs]
+            present = queue.store.existing_ids(ids)
+            queue.submit_many([job for job in self.jobs if job.id not in present])
+            outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
+            supervisor = Supervisor(
+                queue.store,
+                worker_id=f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                concurrency=workers or os.cpu_count() or 1,
+                polling_interval=0.5,
+                scope=set(ids) | outside,
+                targets=set(ids),
+            )
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                supervisor.run(
+                    until=lambda: not supervisor.open_targets
+                    or (deadline is not None and time.monotonic() >= deadline)
+                )
+            finally:
+                supervisor.close()
+            return self._outcome(queue, ids, timeout)
+        finally:
+            if own_queue:
+                queue.close()
+
+    def _outcome(self, queue: JobQueue, ids: List[str], timeout: Optional[float]) -> Dict[str, Any]:
+        rows = queue.store.statuses(ids)
+        unfinished = [i for i in ids if rows[i]["status"] in ("pending", "running")]
+        if unfinished:
+            raise WaitTimeout(
+                f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
+            )
+        encoded = queue.store.results(ids)
+        results = {i: decode_value(*encoded[i]) for i in ids if i in encoded}
+        failures = {
+            i: {"name": rows[i]["name"], "status": rows[i]["status"], "error": rows[i]["error"]}
+            for i in ids
+            if i not in encoded
+        }
+        if failures:
+            raise WorkflowFailed(results, failures)
+        return results

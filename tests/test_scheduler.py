@@ -1,0 +1,71 @@
+"""The pure scheduler: readiness, priority order and retry delays, without processes or a clock."""
+
+import pytest
+
+from gigq_mp.scheduler import Scheduler, order_key
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def key(priority, seq):
+    return order_key(priority, "2026-01-01T00:00:00", seq)
+
+
+def test_ready_jobs_come_out_by_priority_then_age():
+    s = Scheduler()
+    s.add("low-old", key(0, 1), [])
+    s.add("high", key(5, 2), [])
+    s.add("low-new", key(0, 3), [])
+    assert s.pop_ready(now=0.0, limit=10) == ["high", "low-old", "low-new"]
+    assert s.pop_ready(now=0.0, limit=10) == []
+
+
+def test_a_job_waits_for_every_parent_and_then_competes_by_priority():
+    s = Scheduler()
+    s.add("a", key(0, 1), [])
+    s.add("b", key(0, 2), [])
+    s.add("child", key(9, 3), ["a", "b"])
+    s.add("plain", key(1, 4), [])
+    assert s.pop_ready(0.0, 1) == ["plain"]  # child is not ready yet despite its priority
+    assert s.pop_ready(0.0, 2) == ["a", "b"]
+    s.parent_completed("a")
+    assert s.pop_ready(0.0, 5) == []
+    s.parent_completed("b")
+    assert s.pop_ready(0.0, 5) == ["child"]
+
+
+def test_limit_is_respected_and_the_rest_stay_ready():
+    s = Scheduler()
+    for i in range(5):
+        s.add(f"j{i}", key(0, i), [])
+    assert s.pop_ready(0.0, 2) == ["j0", "j1"]
+    assert s.ready_count(0.0) == 3
+    assert s.pop_ready(0.0, 10) == ["j2", "j3", "j4"]
+
+
+def test_retry_is_not_ready_before_its_delay():
+    s = Scheduler()
+    s.add("j", key(0, 1), [])
+    assert s.pop_ready(0.0, 1) == ["j"]
+    s.retry("j", eligible_at=10.0)
+    assert s.pop_ready(9.9, 1) == []
+    assert s.next_eligible_at() == 10.0
+    assert s.pop_ready(10.0, 1) == ["j"]
+
+
+def test_discarded_jobs_never_come_out():
+    s = Scheduler()
+    s.add("a", key(0, 1), [])
+    s.add("b", key(0, 2), ["x"])
+    s.discard("a")
+    s.discard("b")
+    s.parent_completed("x")
+    assert s.pop_ready(0.0, 10) == []
+    assert len(s) == 0
+
+
+def test_external_parents_are_reported():
+    s = Scheduler()
+    s.add("a", key(0, 1), [])
+    s.add("b", key(0, 2), ["a", "elsewhere"])
+    assert s.external_parents() == {"elsewhere"}
