@@ -74,3 +74,20 @@ class WorkerLost:
     job_id: str
     attempt: int
     error: str
+
+
+@dataclass(frozen=True)
+class Unstarted:
+    """A job sent ahead to a worker process that ended (or was killed) before starting it."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """The supervisor killed this attempt at its deadline."""
+
+    job_id: str
+    attempt: int
+    error: str

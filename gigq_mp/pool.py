@@ -1,28 +1,35 @@
 """The local pool: starting, feeding, replacing and killing worker processes.
 
-The supervisor talks to an executor through five calls: `idle_count`,
-`dispatch(run)`, `wait(timeout, wake_fds)`, `kill(job_id)` and `shutdown(grace)`.
-`LocalPool` is the executor for one machine; another engine (a Dask cluster)
-can take its place by offering the same calls and producing the same events.
+The supervisor talks to an executor through a few calls: `free_slots(depth)`,
+`dispatch(run, depth)`, `wait(timeout, wake_fds)`, `kill(job_id)` and
+`shutdown()`. `LocalPool` is the executor for one machine; another engine (a
+Dask cluster) can take its place by offering the same calls and producing the
+same events: `Accepted`, `JobSucceeded`, `JobFailed`, `WorkerLost`, `Unstarted`.
 
-Each worker process is started fresh with `subprocess` (never fork, never
+Each worker process is started fresh with `subprocess` (never fork, never a
 re-import of `__main__`), leads its own process group, and talks over one end
-of a socket pair. When its pipe reaches EOF the process has ended: if it held
-a job, a `WorkerLost` event says how it ended, and a new process takes its place.
+of a socket pair. A worker may hold up to `depth` jobs: the one it runs and
+the ones sent ahead so it never waits for the supervisor between short jobs.
+When its pipe reaches EOF the process has ended: the job it was running
+becomes a `WorkerLost` event, the ones sent ahead `Unstarted`, and a new
+process takes its place.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
+import select
+import selectors
 import socket
 import subprocess
 import sys
-from multiprocessing.connection import Connection, wait
-from typing import Dict, Iterable, List, Optional, Protocol
+from multiprocessing.connection import Connection
+from typing import Deque, Dict, Iterable, List, Optional, Protocol
 
-from .messages import Accepted, RunJob, WorkerInit, WorkerLost
+from .messages import Accepted, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
 
@@ -35,15 +42,15 @@ _RUNNER_CODE = "from gigq_mp.runner import main; main()"
 class Executor(Protocol):
     """What the supervisor needs from whatever runs its jobs."""
 
-    def idle_count(self) -> int: ...
-    def dispatch(self, run: RunJob) -> None: ...
+    def free_slots(self, depth: int) -> int: ...
+    def dispatch(self, runs: List[RunJob], depth: int) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
-    def kill(self, job_id: str) -> None: ...
+    def kill(self, job_id: str) -> list: ...
     def shutdown(self) -> None: ...
 
 
 class WorkerProcess:
-    """One worker process: its pipe, the attempt it holds, and a mirror of its function cache."""
+    """One worker process: its pipe, the jobs it holds, and a mirror of its function cache."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
@@ -60,18 +67,21 @@ class WorkerProcess:
         self.conn = Connection(ours.detach())
         self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd()))
         self.pid = self.popen.pid
-        self.job: Optional[RunJob] = None
+        self.jobs: Deque[RunJob] = collections.deque()  # the first one runs, the rest wait
         self.functions = FunctionCache()
         self.jobs_done = 0
 
-    def send(self, run: RunJob) -> None:
-        if run.function_key in self.functions:
-            self.functions.get(run.function_key)  # keep the mirror's LRU order in step
-            run = dataclasses.replace(run, function_blob=None)
-        else:
-            self.functions.put(run.function_key, True)
-        self.job = run
-        self.conn.send(run)
+    def send(self, runs: List[RunJob]) -> None:
+        batch = []
+        for run in runs:
+            if run.function_key in self.functions:
+                self.functions.get(run.function_key)  # keep the mirror's LRU order in step
+                run = dataclasses.replace(run, function_blob=None)
+            else:
+                self.functions.put(run.function_key, True)
+            batch.append(run)
+        self.jobs.extend(batch)
+        self.conn.send(batch)
 
     def ask_to_exit(self) -> None:
         try:
@@ -105,85 +115,109 @@ class LocalPool:
     def __init__(self, size: int, *, kill_grace: float = 0.1, max_tasks_per_worker: Optional[int] = None):
         if size < 1:
             raise ValueError(f"a pool needs at least 1 worker process, got {size}")
-        self.size = size
         self.kill_grace = kill_grace
         self.max_tasks_per_worker = max_tasks_per_worker
-        self.workers: List[WorkerProcess] = [WorkerProcess() for _ in range(size)]
-        self._by_conn: Dict[Connection, WorkerProcess] = {w.conn: w for w in self.workers}
+        self.workers: List[WorkerProcess] = []
+        self._selector = selectors.DefaultSelector()
+        self._wake_fds: set = set()
+        for _ in range(size):
+            self._add_worker()
 
-    def idle_count(self) -> int:
-        return sum(1 for w in self.workers if w.job is None)
+    def _add_worker(self) -> None:
+        worker = WorkerProcess()
+        self.workers.append(worker)
+        self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
-    def dispatch(self, run: RunJob) -> None:
-        worker = next(w for w in self.workers if w.job is None)
-        try:
-            worker.send(run)
-        except OSError:
-            # The process died while idle; its EOF will surface in wait() as a lost job.
-            worker.job = run
+    def _room(self, worker: WorkerProcess, depth: int) -> int:
+        if self.max_tasks_per_worker:  # never send past the job that retires the process
+            depth = min(depth, self.max_tasks_per_worker - worker.jobs_done)
+        return max(0, depth - len(worker.jobs))
+
+    def free_slots(self, depth: int) -> int:
+        return sum(self._room(w, depth) for w in self.workers)
+
+    def dispatch(self, runs: List[RunJob], depth: int) -> None:
+        """Send jobs to the workers with the most room, one write per worker."""
+        batches: Dict[WorkerProcess, List[RunJob]] = {}
+        for run in runs:
+            worker = max(self.workers, key=lambda w: self._room(w, depth) - len(batches.get(w, ())))
+            if self._room(worker, depth) - len(batches.get(worker, ())) <= 0:
+                raise RuntimeError("dispatch called with more jobs than free slots")
+            batches.setdefault(worker, []).append(run)
+        for worker, batch in batches.items():
+            try:
+                worker.send(batch)
+            except OSError:
+                # The process died; its EOF surfaces in wait() and its jobs are reported there.
+                logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
 
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list:
         """Block until a worker answers, a worker ends, a wake fd is readable, or timeout."""
-        ready = wait(list(self._by_conn) + list(wake_fds), timeout)
+        for fd in set(wake_fds) - self._wake_fds:
+            self._selector.register(fd, selectors.EVENT_READ, None)
+            self._wake_fds.add(fd)
         events: list = []
-        for conn in ready:
-            worker = self._by_conn.get(conn)
-            if worker is None:
-                continue  # a wake fd: the caller drains it
-            self._collect(worker, events)
+        for key, _ in self._selector.select(timeout):
+            if key.data is not None and key.data in self.workers:
+                self._collect(key.data, events)
         return events
 
     def _collect(self, worker: WorkerProcess, events: list) -> None:
+        fd = worker.conn.fileno()
         while True:
             try:
-                if not worker.conn.poll():
+                if not select.select([fd], [], [], 0)[0]:  # cheaper than conn.poll()
                     return
-                message = worker.conn.recv()
+                messages = worker.conn.recv()
             except (EOFError, OSError):
                 self._lost(worker, events)
                 return
-            events.append(message)
-            if not isinstance(message, Accepted):  # a final answer frees the worker
-                worker.job = None
-                worker.jobs_done += 1
-                if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
-                    self._replace(worker, lambda: worker.close(self.kill_grace))
-                    return
-
-    def _lost(self, worker: WorkerProcess, events: list) -> None:
-        returncode = worker.reap()
-        if worker.job is not None:
-            events.append(
-                WorkerLost(worker.job.job_id, worker.job.attempt, f"worker process {describe_exit(returncode)}")
-            )
-        else:
-            logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
-        self._replace(worker, lambda: None)
-
-    def kill(self, job_id: str) -> None:
-        """Kill the process tree running `job_id` and start a replacement worker."""
-        for worker in self.workers:
-            if worker.job is not None and worker.job.job_id == job_id:
-                self._replace(worker, lambda: worker.kill(self.kill_grace))
+            events.extend(messages)
+            finals = sum(1 for m in messages if not isinstance(m, Accepted))
+            for _ in range(finals):
+                worker.jobs.popleft()  # a final answer for the job at the head
+            worker.jobs_done += finals
+            if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
+                self._retire(worker)
+                self._add_worker()
+                worker.close(self.kill_grace + 1.0)
                 return
 
-    def _replace(self, worker: WorkerProcess, finish) -> None:
-        del self._by_conn[worker.conn]
+    def _lost(self, worker: WorkerProcess, events: list) -> None:
+        self._retire(worker)
+        returncode = worker.reap()
+        if worker.jobs:
+            head = worker.jobs.popleft()
+            events.append(WorkerLost(head.job_id, head.attempt, f"worker process {describe_exit(returncode)}"))
+        else:
+            logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
+        events.extend(Unstarted(run.job_id, run.attempt) for run in worker.jobs)
+        self._add_worker()
+
+    def kill(self, job_id: str) -> list:
+        """Kill the process tree running `job_id`, start a replacement; return `Unstarted` events
+        for the jobs that were sent ahead to the killed process."""
+        for worker in self.workers:
+            if worker.jobs and worker.jobs[0].job_id == job_id:
+                self._retire(worker)
+                worker.kill(self.kill_grace)
+                self._add_worker()
+                return [Unstarted(run.job_id, run.attempt) for run in list(worker.jobs)[1:]]
+        return []
+
+    def _retire(self, worker: WorkerProcess) -> None:
         self.workers.remove(worker)
-        finish()
-        fresh = WorkerProcess()
-        self.workers.append(fresh)
-        self._by_conn[fresh.conn] = fresh
+        self._selector.unregister(worker.conn.fileno())
 
     def shutdown(self) -> None:
         """Stop every worker: idle ones are asked to exit, busy ones are killed with their trees."""
+        idle = [w for w in self.workers if not w.jobs]
+        for worker in idle:
+            worker.ask_to_exit()  # let them all exit at once; close() then only reaps
         for worker in self.workers:
-            if worker.job is None:
-                worker.ask_to_exit()  # let them all exit at once; close() then only reaps
-        for worker in self.workers:
-            if worker.job is None:
-                worker.close(1.0)
-            else:
+            if worker.jobs:
                 worker.kill(self.kill_grace)
+            else:
+                worker.close(1.0)
         self.workers.clear()
-        self._by_conn.clear()
+        self._selector.close()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import select
 import signal
 import sys
 import threading
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Deque, Optional
 
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_value, load_callable
@@ -120,21 +121,48 @@ def watch_supervisor(supervisor_pid: int) -> None:
 
 
 def serve(conn: Connection) -> None:
-    """Answer RunJob messages until the pipe closes or a None arrives."""
+    """Answer RunJob messages until the pipe closes or a None arrives.
+
+    Messages travel in lists both ways, so one write can carry several jobs, or
+    the reply to one job together with the acceptance of the next.
+    """
     functions = FunctionCache()
+    jobs: Deque[Optional[RunJob]] = deque()
+    outbox: list = []
     while True:
+        if not jobs:
+            if outbox:
+                conn.send(outbox)
+                outbox = []
+            if not receive(conn, jobs, block=True):
+                return
+        job = jobs.popleft()
+        if job is None:
+            if outbox:
+                conn.send(outbox)
+            return
+        outbox.append(Accepted(job.job_id, job.attempt, os.getpid()))
+        conn.send(outbox)  # the timeout clock starts now, so this cannot wait
+        outbox = [answer(job, functions)]
+        if not receive(conn, jobs, block=False):
+            conn.send(outbox)
+            return
+
+
+def receive(conn: Connection, jobs: Deque[Optional[RunJob]], block: bool) -> bool:
+    """Move what the supervisor sent into `jobs`; False when the pipe is closed."""
+    fd = conn.fileno()
+    while block or select.select([fd], [], [], 0)[0]:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        conn.send(Accepted(message.job_id, message.attempt, os.getpid()))
-        reply = answer(message, functions)
-        try:
-            conn.send(reply)
-        except Exception as exc:  # a reply that cannot be pickled is reported, not lost
-            conn.send(JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc)))
+            return False
+        if isinstance(message, list):
+            jobs.extend(message)
+        else:
+            jobs.append(message)
+        block = False
+    return True
 
 
 def main() -> None:

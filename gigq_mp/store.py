@@ -129,6 +129,10 @@ class Store:
     def __init__(self, path: str, initialize: bool = True):
         self.path = path
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction()
+        # Attempt ids: a random prefix per connection and a counter (uuid4 per attempt is slow).
+        self._attempt_prefix = uuid.uuid4().hex[:16]
+        self._attempt_count = 0
         try:
             self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -137,6 +141,9 @@ class Store:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint less often: the same hot pages (status index, running rows) are then
+            # copied back once per checkpoint instead of once per few commits.
+            self._conn.execute("PRAGMA wal_autocheckpoint=8000")
             if initialize:
                 self._initialize()
         except sqlite3.DatabaseError as exc:
@@ -178,14 +185,28 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE) that rolls back on any exception."""
+        """A write transaction (BEGIN IMMEDIATE) that rolls back on any exception.
+
+        Nested uses join the outermost one, so a caller can batch many operations
+        into one commit.
+        """
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._conn.execute("COMMIT")
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> List[sqlite3.Row]:
@@ -386,7 +407,8 @@ class Store:
                 ).fetchone()
                 if row is None:
                     continue
-                execution_id = str(uuid.uuid4())
+                self._attempt_count += 1
+                execution_id = f"{self._attempt_prefix}-{self._attempt_count}"
                 db.execute(
                     "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
                     "VALUES (?, ?, ?, 'running', ?, ?)",
@@ -399,12 +421,14 @@ class Store:
         rows = self._read("SELECT blob FROM functions WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def set_execution_pid(self, execution_id: str, pid: int) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE job_executions SET pid = ? WHERE id = ?", (pid, execution_id))
-
     def record_success(
-        self, job_id: str, execution_id: str, worker_id: str, text: Optional[str], blob: Optional[bytes]
+        self,
+        job_id: str,
+        execution_id: str,
+        worker_id: str,
+        pid: Optional[int],
+        text: Optional[str],
+        blob: Optional[bytes],
     ) -> bool:
         """running -> completed with its result; False when the job was no longer ours."""
         now = now_iso()
@@ -416,8 +440,9 @@ class Store:
                 (text, blob, now, now, job_id, worker_id),
             ).rowcount
             db.execute(
-                "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ? WHERE id = ?",
-                (now, text, execution_id),
+                "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ? "
+                "WHERE id = ?",
+                (now, text, pid, execution_id),
             )
         return bool(done)
 
@@ -426,6 +451,7 @@ class Store:
         job_id: str,
         execution_id: str,
         worker_id: str,
+        pid: Optional[int],
         attempt_status: str,
         error: str,
         job_status: str,
@@ -442,12 +468,14 @@ class Store:
                 (job_status, error, retry_after, now, now if final else None, job_id, worker_id),
             ).rowcount
             db.execute(
-                "UPDATE job_executions SET status = ?, completed_at = ?, error = ? WHERE id = ?",
-                (attempt_status, now, error, execution_id),
+                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ? WHERE id = ?",
+                (attempt_status, now, error, pid, execution_id),
             )
         return bool(done)
 
-    def record_interrupted(self, job_id: str, execution_id: str, worker_id: str, reason: str) -> bool:
+    def record_interrupted(
+        self, job_id: str, execution_id: str, worker_id: str, pid: Optional[int], reason: str
+    ) -> bool:
         """A stop killed this attempt: the job is pending again and the attempt is not counted."""
         now = now_iso()
         with self.transaction() as db:
@@ -457,7 +485,19 @@ class Store:
                 (now, job_id, worker_id),
             ).rowcount
             db.execute(
-                "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ? WHERE id = ?",
-                (now, reason, execution_id),
+                "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ?, pid = ? "
+                "WHERE id = ?",
+                (now, reason, pid, execution_id),
             )
+        return bool(done)
+
+    def release_unstarted(self, job_id: str, execution_id: str, worker_id: str) -> bool:
+        """A claimed job never started (its worker process ended first): pending again, no attempt."""
+        with self.transaction() as db:
+            done = db.execute(
+                """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
+                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                (now_iso(), job_id, worker_id),
+            ).rowcount
+            db.execute("DELETE FROM job_executions WHERE id = ?", (execution_id,))
         return bool(done)

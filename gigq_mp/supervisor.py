@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
-from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerLost
+from .messages import Accepted, JobFailed, JobSucceeded, RunJob, TimedOut, Unstarted, WorkerLost
 from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
 from .scheduler import Scheduler, order_key
@@ -36,6 +36,7 @@ logger = logging.getLogger("gigq_mp.supervisor")
 RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
+QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead, two per worker
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
@@ -52,7 +53,9 @@ class Attempt:
     timeout: float
     retry_delay: float
     retry_backoff: bool
-    deadline: Optional[float] = None  # set when the worker process accepts the job
+    started: Optional[float] = None  # when the worker process accepted the job (clock time)
+    deadline: Optional[float] = None
+    pid: Optional[int] = None
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -94,6 +97,7 @@ class Supervisor:
         self.running: Dict[str, Attempt] = {}
         self.open_targets: Set[str] = set(targets or ())  # jobs run(until=...) waits for
         self.finished_attempts = 0
+        self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
         self._version: Optional[int] = None
         self._last_sync = float("-inf")
@@ -127,34 +131,38 @@ class Supervisor:
         started = self.finished_attempts
         self._stop.clear()
         self._cold.clear()
+        events: list = []
         try:
             self._sync(force=True)
-            while not self._stop.is_set():
+            while True:
                 now = self.clock()
-                self._sync()
-                if until is not None and until():
-                    break
-                done = self.finished_attempts - started
-                if max_attempts is not None and done >= max_attempts and not self.running:
-                    break
-                budget = None if max_attempts is None else max_attempts - done - len(self.running)
-                self._dispatch(now, budget)
-                if max_attempts is not None and not self.running:
-                    break  # nothing ready: process_one has nothing to do
-                self._step(self._wait_timeout(now))
+                with self.store.transaction():  # one commit for a whole round of outcomes and claims
+                    for event in events:
+                        self._handle(event)
+                    self._sync()
+                    done = self.finished_attempts - started
+                    finished = self._stop.is_set() or (until is not None and until())
+                    if max_attempts is not None:
+                        finished = finished or (done >= max_attempts and not self.running)
+                        budget = max_attempts - done - len(self.running)
+                    else:
+                        budget = None
+                    runs = [] if finished else self._claim(now, budget)
+                self._send(runs)
+                if finished or (max_attempts is not None and not self.running):
+                    break  # with max_attempts and nothing running, nothing was ready
+                events = self._wait(self._wait_timeout(now))
             self._drain()
         except BaseException:
             self._abort()
             raise
         return self.finished_attempts - started
 
-    def _step(self, timeout: Optional[float]) -> None:
-        executor = self._ensure_executor()
-        events = executor.wait(timeout, [self._wake_r])
+    def _wait(self, timeout: Optional[float]) -> list:
+        """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed."""
+        events = self._ensure_executor().wait(timeout, [self._wake_r])
         self._drain_wake()
-        for event in events:
-            self._handle(event)
-        self._expire(self.clock())
+        return events + self._expire(self.clock())
 
     def _wait_timeout(self, now: float) -> float:
         candidates = [self.polling_interval]
@@ -268,34 +276,37 @@ class Supervisor:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    def _dispatch(self, now: float, budget: Optional[int]) -> None:
-        if self._stop.is_set():
-            return
-        executor = self._ensure_executor()
-        while True:
-            room = executor.idle_count() if budget is None else min(executor.idle_count(), budget)
-            if room <= 0:
-                return
-            job_ids = self.scheduler.pop_ready(now, room)
-            if not job_ids:
-                return
-            claimed = self.store.claim(job_ids, self.worker_id)
-            taken = {row["id"] for row, _ in claimed}
-            for job_id in job_ids:
-                if job_id not in taken:
-                    self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-            parents = {row["id"]: json.loads(row["dependencies"] or "[]") for row, _ in claimed}
-            results = self.store.results([p for deps in parents.values() for p in deps])
-            for row, execution_id in claimed:
-                self._send(executor, row, execution_id, parents[row["id"]], results)
-            if budget is not None:
-                budget -= len(claimed)
+    def _depth(self) -> int:
+        """Jobs per worker process: send one ahead while jobs are short, so no worker
+        waits for a round trip; keep one at a time for long jobs, so none queues
+        behind a long job while another worker idles."""
+        return 2 if self._mean_duration < QUICK_JOB_SECONDS else 1
 
-    def _send(self, executor: Executor, row, execution_id: str, parents: List[str], results: dict) -> None:
+    def _claim(self, now: float, budget: Optional[int]) -> List[RunJob]:
+        """Claim ready jobs for the free slots (inside the caller's transaction)."""
+        executor = self._ensure_executor()
+        room = executor.free_slots(self._depth())
+        if budget is not None:
+            room = min(room, budget)
+        if room <= 0:
+            return []
+        job_ids = self.scheduler.pop_ready(now, room)
+        if not job_ids:
+            return []
+        claimed = self.store.claim(job_ids, self.worker_id)
+        taken = {row["id"] for row, _ in claimed}
+        for job_id in job_ids:
+            if job_id not in taken:
+                self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
+        parents = {row["id"]: json.loads(row["dependencies"] or "[]") for row, _ in claimed}
+        results = self.store.results([p for deps in parents.values() for p in deps])
+        return [self._prepare(row, execution_id, parents[row["id"]], results) for row, execution_id in claimed]
+
+    def _prepare(self, row, execution_id: str, parents: List[str], results: dict) -> RunJob:
         key = row["function_key"] or f"{row['function_module']}:{row['function_name']}"
         if key not in self._functions:
             self._functions[key] = self.store.function_blob(key) if row["function_key"] else None
-        attempt = Attempt(
+        self.running[row["id"]] = Attempt(
             job_id=row["id"],
             name=row["name"],
             execution_id=execution_id,
@@ -305,60 +316,77 @@ class Supervisor:
             retry_delay=float(row["retry_delay"] or 0),
             retry_backoff=bool(row["retry_backoff"]),
         )
-        self.running[attempt.job_id] = attempt
-        executor.dispatch(
-            RunJob(
-                job_id=row["id"],
-                attempt=row["attempts"],
-                function_key=key,
-                function_blob=self._functions[key],
-                function_module=row["function_module"],
-                function_name=row["function_name"],
-                params_text=row["params"],
-                params_blob=row["params_blob"],
-                parent_results=tuple((p, *results.get(p, (None, None))) for p in parents),
-                pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
-            )
+        return RunJob(
+            job_id=row["id"],
+            attempt=row["attempts"],
+            function_key=key,
+            function_blob=self._functions[key],
+            function_module=row["function_module"],
+            function_name=row["function_name"],
+            params_text=row["params"],
+            params_blob=row["params_blob"],
+            parent_results=tuple((p, *results.get(p, (None, None))) for p in parents),
+            pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
         )
+
+    def _send(self, runs: List[RunJob]) -> None:
+        """Hand claimed jobs to the executor, after their claim has been committed."""
+        if runs:
+            self._ensure_executor().dispatch(runs, self._depth())
 
     # -- outcomes -------------------------------------------------------------------------------
 
     def _handle(self, event) -> None:
+        """Apply one event from the executor (inside the caller's transaction)."""
         attempt = self.running.get(event.job_id)
         if attempt is None or event.attempt != attempt.number:
             logger.debug("ignoring %r for an attempt that is no longer running", event)
             return
         if isinstance(event, Accepted):
-            attempt.deadline = self.clock() + attempt.timeout
-            self.store.set_execution_pid(attempt.execution_id, event.pid)
+            attempt.started = self.clock()
+            attempt.deadline = attempt.started + attempt.timeout
+            attempt.pid = event.pid
         elif isinstance(event, JobSucceeded):
             self._succeeded(attempt, event)
         elif isinstance(event, (JobFailed, WorkerLost)):
             self._failed(attempt, "failed", event.error)
+        elif isinstance(event, TimedOut):
+            self._failed(attempt, "timeout", event.error)
+        elif isinstance(event, Unstarted):
+            del self.running[attempt.job_id]
+            if self.store.release_unstarted(attempt.job_id, attempt.execution_id, self.worker_id):
+                self.scheduler.retry(attempt.job_id, None)
+            else:
+                self.scheduler.discard(attempt.job_id)
         else:
             raise TypeError(f"unexpected event from the executor: {event!r}")
 
-    def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
+    def _ended(self, attempt: Attempt) -> None:
         del self.running[attempt.job_id]
         self.finished_attempts += 1
+        if attempt.started is not None:
+            duration = self.clock() - attempt.started
+            self._mean_duration += 0.2 * (duration - self._mean_duration)
+
+    def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
+        self._ended(attempt)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         if self.store.record_success(
-            attempt.job_id, attempt.execution_id, self.worker_id, event.result_text, event.result_blob
+            attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, event.result_text, event.result_blob
         ):
             self.scheduler.parent_completed(attempt.job_id)
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
 
     def _failed(self, attempt: Attempt, kind: str, error: str) -> None:
-        del self.running[attempt.job_id]
-        self.finished_attempts += 1
+        self._ended(attempt)
         label = f"attempt {attempt.number} of {attempt.max_attempts}"
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
             retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
             if self.store.record_failure(
-                attempt.job_id, attempt.execution_id, self.worker_id, kind, error, "pending", retry_after
+                attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, kind, error, "pending", retry_after
             ):
                 self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
             else:
@@ -367,32 +395,36 @@ class Supervisor:
             return
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_failure(attempt.job_id, attempt.execution_id, self.worker_id, kind, error, kind):
+        if self.store.record_failure(
+            attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, kind, error, kind
+        ):
             self._forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> list:
+        """Kill the process tree of every attempt past its deadline; return the events to record."""
+        events: list = []
         for attempt in list(self.running.values()):
             if attempt.deadline is not None and now >= attempt.deadline:
-                self._ensure_executor().kill(attempt.job_id)
-                self._failed(
-                    attempt,
-                    "timeout",
-                    f"timed out after {attempt.timeout:g} s; its worker process tree was killed",
-                )
+                events.extend(self._ensure_executor().kill(attempt.job_id))
+                message = f"timed out after {attempt.timeout:g} s; its worker process tree was killed"
+                events.append(TimedOut(attempt.job_id, attempt.number, message))
+                attempt.deadline = None  # killed once; its TimedOut event ends it
+        return events
 
     # -- stopping -------------------------------------------------------------------------------
 
     def _drain(self) -> None:
         """Stopped: let running jobs finish within the grace period, then interrupt the rest."""
-        if not self.running:
-            return
-        deadline = self.clock() + (0.0 if self._cold.is_set() else self.grace_period)
+        deadline = self.clock() + self.grace_period
         while self.running and not self._cold.is_set():
             left = deadline - self.clock()
             if left <= 0:
                 break
-            self._step(min(left, self._wait_timeout(self.clock())))
+            events = self._wait(min(left, self._wait_timeout(self.clock())))
+            with self.store.transaction():
+                for event in events:
+                    self._handle(event)
         self._interrupt_running("stopped before it finished")
 
     def _abort(self) -> None:
@@ -403,12 +435,22 @@ class Supervisor:
             self.close()
 
     def _interrupt_running(self, reason: str) -> None:
-        for attempt in list(self.running.values()):
-            if self.executor is not None:
-                self.executor.kill(attempt.job_id)
-            del self.running[attempt.job_id]
-            self.scheduler.discard(attempt.job_id)
-            self.store.record_interrupted(attempt.job_id, attempt.execution_id, self.worker_id, reason)
+        """Kill every worker process, and put the jobs they held back to pending, no attempt used."""
+        if not self.running:
+            return
+        if self.executor is not None:
+            executor, self.executor = self.executor, None
+            executor.shutdown()
+        with self.store.transaction():
+            for attempt in self.running.values():
+                self.scheduler.discard(attempt.job_id)
+                if attempt.started is None:
+                    self.store.release_unstarted(attempt.job_id, attempt.execution_id, self.worker_id)
+                else:
+                    self.store.record_interrupted(
+                        attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, reason
+                    )
+            self.running.clear()
 
     def close(self) -> None:
         """Shut the pool down and release the wake-up pipe. Idempotent."""

@@ -1,0 +1,188 @@
+"""A small library of ordinary and misbehaving jobs for the test suite.
+
+Everything here is importable as ``tests.jobs`` so that worker processes (and
+a GigQ-layout database that stores functions by module and name) can find it.
+Jobs that leave evidence write to files with O_APPEND, one ``os.write`` per
+line, so lines from concurrent processes never interleave.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def append_line(path, line):
+    """Append one line to ``path`` atomically (O_APPEND, single write)."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (str(line) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_lines(path):
+    """Lines appended with ``append_line`` (empty list if the file is absent)."""
+    try:
+        with open(path) as f:
+            return [line for line in f.read().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+# --- ordinary jobs ---------------------------------------------------------
+
+def add(a, b):
+    return a + b
+
+
+def noop():
+    return None
+
+
+def identity(x):
+    return x
+
+
+def getpid():
+    return os.getpid()
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def record_run(path, tag):
+    """Append ``tag`` to ``path`` (to count / order runs) and return it."""
+    append_line(path, tag)
+    return tag
+
+
+def record_time_and_fail(path):
+    """Append the current wall-clock time, then raise."""
+    append_line(path, repr(time.time()))
+    raise RuntimeError("failing on purpose")
+
+
+def fail_unless_flag(flag_path, result="ok"):
+    """Fail while ``flag_path`` does not exist; return ``result`` once it does."""
+    if not os.path.exists(flag_path):
+        raise RuntimeError(f"flag file {flag_path} is missing")
+    return result
+
+
+def echo_parent_ids(parent_results):
+    return list(parent_results.keys())
+
+
+def parent_values_repr(parent_results):
+    return [repr(v) for v in parent_results.values()]
+
+
+def sum_parents(parent_results):
+    return sum(parent_results.values())
+
+
+def takes_kwargs(**kwargs):
+    """Reports which keyword arguments it received and the parent results."""
+    return {
+        "keys": sorted(kwargs),
+        "parents": list(kwargs.get("parent_results", {}).values()),
+    }
+
+
+def optional_parent_results(parent_results="absent"):
+    if parent_results == "absent":
+        return "absent"
+    return sorted(parent_results.values())
+
+
+def plain():
+    """Takes no argument at all: injecting parent_results would break it."""
+    return "plain"
+
+
+# --- results that are not JSON ---------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+def return_set():
+    return {1, 2, 3}
+
+
+def return_tuple():
+    return (1, "a", 2.5)
+
+
+def return_point(x, y):
+    return Point(x, y)
+
+
+def return_int_keys():
+    return {1: "a", 2: "b"}
+
+
+def return_json_doc():
+    return {"a": [1, 2.5, "x", None, True], "b": {"nested": "yes"}}
+
+
+def return_unpicklable(kind="generator"):
+    if kind == "generator":
+        return (i for i in range(3))
+    if kind == "lock":
+        return threading.Lock()
+    raise ValueError(kind)
+
+
+# --- misbehaving jobs -------------------------------------------------------
+
+def raise_value_error(message="boom"):
+    raise ValueError(message)
+
+
+def os_exit(code=1):
+    os._exit(code)
+
+
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def spawn_grandchild_and_sleep(pidfile, seconds):
+    """Start a child process that sleeps, record its pid, then sleep too."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+    )
+    append_line(pidfile, child.pid)
+    time.sleep(seconds)
+    return "not killed"
+
+
+def record_pid_and_sleep(pidfile, seconds):
+    append_line(pidfile, os.getpid())
+    time.sleep(seconds)
+    return "not killed"
+
+
+def ignore_sigterm_and_sleep(seconds, pidfile=None):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if pidfile is not None:
+        append_line(pidfile, os.getpid())
+    time.sleep(seconds)
+    return "not killed"

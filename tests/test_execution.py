@@ -1,0 +1,363 @@
+"""Running jobs in worker processes: what travels, what is injected, in which
+order they run, and how results and errors come back."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from gigq_mp import Job, Worker, Workflow, task
+from gigq_mp.errors import WaitTimeout, WorkflowFailed
+
+from . import jobs
+from .jobs import Point, read_lines
+from .util import drain, subprocess_env
+
+
+def raw_result(db_path, job_id):
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_lambda_closure_and_nested_function_run_in_workers(queue):
+    offset = 100
+
+    def closure(x):
+        return x + offset
+
+    def make_nested():
+        @task(name="nested")
+        def nested(x):
+            return [x, "nested"]
+
+        return nested
+
+    wf = Workflow("callables")
+    lam = wf.add_job(Job("lambda", lambda x: x * 2, params={"x": 21}))
+    clo = wf.add_job(Job("closure", closure, params={"x": 1}))
+    nes = wf.add_task(make_nested(), params={"x": 7})
+    lam_task = wf.add_task(task(lambda: "from a lambda task"))
+    pid = wf.add_job(Job("pid", jobs.getpid))
+    results = wf.run(queue, workers=2)
+    assert results[lam.id] == 42
+    assert results[clo.id] == 101
+    assert results[nes.id] == [7, "nested"]
+    assert results[lam_task.id] == "from a lambda task"
+    assert isinstance(results[pid.id], int)
+    assert results[pid.id] != os.getpid()
+    assert queue.get_status(pid.id)["executions"][0]["pid"] == results[pid.id]
+
+
+MAIN_SCRIPT = '''
+import os, sys
+from gigq_mp import Job, JobQueue, Workflow, task
+
+MARKER, DB = sys.argv[1], sys.argv[2]
+with open(MARKER, "a") as f:
+    f.write(f"{os.getpid()}\\n")
+
+def square(x):
+    return x * x
+
+def whoami():
+    return os.getpid()
+
+@task()
+def total(parent_results):
+    return sum(parent_results.values())
+
+wf = Workflow("main_script")
+parts = [wf.add_job(Job(f"sq{i}", square, params={"x": i})) for i in range(4)]
+last = wf.add_task(total, depends_on=parts)
+who = wf.add_job(Job("whoami", whoami))
+results = wf.run(JobQueue(DB), workers=2)
+print("RESULT", results[last.id])
+print("SCRIPT_PID", os.getpid())
+print("JOB_PID", results[who.id])
+'''
+
+
+@pytest.mark.timeout(60)
+def test_functions_defined_in_main_script_without_guard(tmp_path):
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    marker = tmp_path / "toplevel.log"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(marker), str(tmp_path / "main.db")],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert lines["RESULT"] == "14"
+    assert lines["JOB_PID"] != lines["SCRIPT_PID"]
+    # the script's top level ran once, in the script's own process
+    assert read_lines(marker) == [lines["SCRIPT_PID"]]
+
+
+def test_parent_results_follow_dependency_order(queue):
+    wf = Workflow("order")
+    parents = [wf.add_job(Job(f"p{i}", jobs.identity, params={"x": i})) for i in range(4)]
+    order = [parents[2], parents[0], parents[3], parents[1]]
+    child = wf.add_job(Job("child", jobs.echo_parent_ids), depends_on=order)
+    values = wf.add_job(Job("values", jobs.parent_values_repr), depends_on=order)
+    results = wf.run(queue, workers=2)
+    assert results[child.id] == [p.id for p in order]
+    assert results[values.id] == ["2", "0", "3", "1"]
+
+
+def test_injection_modes(queue):
+    wf = Workflow("modes")
+    p1 = wf.add_job(Job("p1", jobs.identity, params={"x": 1}))
+    p2 = wf.add_job(Job("p2", jobs.identity, params={"x": 2}))
+    deps = [p1, p2]
+    auto_param = wf.add_job(Job("auto_param", jobs.sum_parents), depends_on=deps)
+    auto_kwargs = wf.add_job(Job("auto_kwargs", jobs.takes_kwargs, params={"k": 0}), depends_on=deps)
+    auto_plain = wf.add_job(Job("auto_plain", jobs.plain), depends_on=deps)
+    auto_root = wf.add_job(Job("auto_root", jobs.optional_parent_results))
+    false_opt = wf.add_job(
+        Job("false_opt", jobs.optional_parent_results, pass_parent_results=False), depends_on=deps
+    )
+    true_opt = wf.add_job(
+        Job("true_opt", jobs.optional_parent_results, pass_parent_results=True), depends_on=deps
+    )
+    true_plain = wf.add_job(
+        Job("true_plain", jobs.plain, pass_parent_results=True, max_attempts=1), depends_on=deps
+    )
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=2)
+    results = excinfo.value.results
+    assert results[auto_param.id] == 3
+    assert results[auto_kwargs.id] == {"keys": ["k", "parent_results"], "parents": [1, 2]}
+    assert results[auto_plain.id] == "plain"
+    assert results[auto_root.id] == "absent"
+    assert results[false_opt.id] == "absent"
+    assert results[true_opt.id] == [1, 2]
+    # True always injects: a function that takes no parent_results fails
+    assert set(excinfo.value.failures) == {true_plain.id}
+    failure = excinfo.value.failures[true_plain.id]
+    assert failure["status"] == "failed"
+    assert "TypeError" in failure["error"]
+    assert "parent_results" in failure["error"]
+
+
+def test_priority_orders_every_ready_job(queue, db_path, tmp_path):
+    log = str(tmp_path / "order.log")
+
+    def rec(tag, **kw):
+        return Job(tag, jobs.record_run, params={"path": log, "tag": tag}, **kw)
+
+    oldest_zero = queue.submit(rec("zero_old"))
+    time.sleep(0.002)
+    root = rec("root", priority=100)
+    queue.submit(root)
+    queue.submit(rec("child_high", priority=10, dependencies=[root.id]))
+    queue.submit(rec("indep_mid", priority=5))
+    queue.submit(rec("child_low", priority=1, dependencies=[root.id]))
+    queue.submit(rec("indep_negative", priority=-3))
+    time.sleep(0.002)
+    queue.submit(rec("zero_new"))
+    worker = Worker(db_path, concurrency=1)
+    try:
+        assert drain(worker) == 7
+    finally:
+        worker.close()
+    assert read_lines(log) == [
+        "root", "child_high", "indep_mid", "child_low", "zero_old", "zero_new", "indep_negative",
+    ]
+    assert queue.get_status(oldest_zero)["status"] == "completed"
+
+
+def test_raising_job_retries_then_fails_with_type_and_traceback(queue, tmp_path):
+    log = str(tmp_path / "times.log")
+    wf = Workflow("retry")
+    job = wf.add_job(
+        Job("fails", jobs.record_time_and_fail, params={"path": log}, max_attempts=3)
+    )
+    with pytest.raises(WorkflowFailed):
+        wf.run(queue, workers=1)
+    assert len(read_lines(log)) == 3
+    st = queue.get_status(job.id)
+    assert st["status"] == "failed"
+    assert st["attempts"] == 3
+    assert [e["attempt"] for e in st["executions"]] == [1, 2, 3]
+    assert all(e["status"] == "failed" for e in st["executions"])
+    error = st["error"]
+    assert error.splitlines()[0] == "RuntimeError: failing on purpose"
+    assert "Traceback (most recent call last):" in error
+    assert "record_time_and_fail" in error  # the remote frame
+    assert "RuntimeError: failing on purpose" in st["executions"][-1]["error"]
+
+
+def test_value_error_message_and_traceback(queue):
+    wf = Workflow("raise")
+    job = wf.add_job(Job("bad", jobs.raise_value_error, params={"message": "kaboom"}, max_attempts=1))
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    assert excinfo.value.failures[job.id]["error"].startswith("ValueError: kaboom")
+    assert "ValueError: kaboom" in str(excinfo.value)
+    error = queue.get_status(job.id)["error"]
+    assert error.startswith("ValueError: kaboom")
+    assert "Traceback (most recent call last):" in error
+    assert 'in raise_value_error' in error
+
+
+@pytest.mark.timeout(30)
+def test_retry_delay_is_respected(queue, tmp_path):
+    log = str(tmp_path / "times.log")
+    wf = Workflow("delay")
+    wf.add_job(
+        Job("fails", jobs.record_time_and_fail, params={"path": log}, max_attempts=2, retry_delay=1)
+    )
+    with pytest.raises(WorkflowFailed):
+        wf.run(queue, workers=1)
+    times = [float(t) for t in read_lines(log)]
+    assert len(times) == 2
+    gap = times[1] - times[0]
+    assert gap >= 0.95, f"retry ran {gap:.3f}s after the failure, before retry_delay=1"
+    assert gap < 4, f"retry waited {gap:.3f}s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+def test_retry_backoff_doubles_the_delay(queue, tmp_path):
+    log = str(tmp_path / "times.log")
+    wf = Workflow("backoff")
+    wf.add_job(
+        Job(
+            "fails", jobs.record_time_and_fail, params={"path": log},
+            max_attempts=3, retry_delay=1, retry_backoff=True,
+        )
+    )
+    with pytest.raises(WorkflowFailed):
+        wf.run(queue, workers=1)
+    times = [float(t) for t in read_lines(log)]
+    assert len(times) == 3
+    first, second = times[1] - times[0], times[2] - times[1]
+    assert first >= 0.95
+    assert second >= 1.9, f"second delay {second:.3f}s did not double"
+    assert second < 8
+
+
+def test_non_json_results_round_trip(queue, db_path):
+    wf = Workflow("types")
+    s = wf.add_job(Job("set", jobs.return_set))
+    t = wf.add_job(Job("tuple", jobs.return_tuple))
+    p = wf.add_job(Job("point", jobs.return_point, params={"x": 1, "y": 2}))
+    k = wf.add_job(Job("int_keys", jobs.return_int_keys))
+    child = wf.add_job(Job("child", jobs.parent_values_repr), depends_on=[s, t, p, k])
+    results = wf.run(queue, workers=2)
+
+    expected = {
+        s.id: {1, 2, 3},
+        t.id: (1, "a", 2.5),
+        p.id: Point(1, 2),
+        k.id: {1: "a", 2: "b"},
+    }
+    for job_id, value in expected.items():
+        for got in (results[job_id], queue.get_result(job_id), queue.get_status(job_id)["result"]):
+            assert got == value
+            assert type(got) is type(value)
+        # not JSON-exact: stored pickled, jobs.result left NULL
+        assert raw_result(db_path, job_id) is None
+    assert results[child.id] == [repr(v) for v in expected.values()]
+
+
+def test_json_results_are_stored_as_json_text(queue, db_path):
+    wf = Workflow("json")
+    doc = wf.add_job(Job("doc", jobs.return_json_doc))
+    num = wf.add_job(Job("num", jobs.add, params={"a": 2, "b": 3}))
+    text = wf.add_job(Job("text", jobs.identity, params={"x": "hello"}))
+    none = wf.add_job(Job("none", jobs.noop))
+    results = wf.run(queue, workers=2)
+    assert results[doc.id] == jobs.return_json_doc()
+    assert json.loads(raw_result(db_path, doc.id)) == jobs.return_json_doc()
+    assert json.loads(raw_result(db_path, num.id)) == 5
+    assert json.loads(raw_result(db_path, text.id)) == "hello"
+    assert results[none.id] is None
+    assert queue.get_status(none.id)["status"] == "completed"
+    assert queue.get_result(none.id) is None
+
+
+def test_jobs_run_in_parallel_worker_processes(queue, tmp_path):
+    log = str(tmp_path / "spans.log")
+
+    def span(seconds):
+        start = time.time()
+        time.sleep(seconds)
+        jobs.append_line(log, f"{os.getpid()} {start} {time.time()}")
+
+    wf = Workflow("parallel")
+    for i in range(2):
+        wf.add_job(Job(f"s{i}", span, params={"seconds": 0.6}))
+    wf.run(queue, workers=2)
+    (pid_a, start_a, end_a), (pid_b, start_b, end_b) = [
+        (int(a), float(b), float(c)) for a, b, c in (line.split() for line in read_lines(log))
+    ]
+    assert pid_a != pid_b
+    assert start_a < end_b and start_b < end_a, "the two jobs did not overlap in time"
+
+
+def test_run_without_queue_uses_throwaway_store():
+    wf = Workflow("in memory")
+    a = wf.add_job(Job("a", jobs.add, params={"a": 1, "b": 2}))
+    b = wf.add_job(Job("b", jobs.sum_parents), depends_on=[a])
+    assert wf.run(workers=2) == {a.id: 3, b.id: 3}
+
+
+def test_run_leaves_other_pending_jobs_alone(queue, tmp_path):
+    log = tmp_path / "other.log"
+    other = queue.submit(Job("other", jobs.record_run, params={"path": str(log), "tag": "x"}, priority=50))
+    wf = Workflow("mine")
+    mine = wf.add_job(Job("mine", jobs.add, params={"a": 1, "b": 1}))
+    assert wf.run(queue, workers=1) == {mine.id: 2}
+    assert queue.get_status(other)["status"] == "pending"
+    assert not log.exists()
+
+
+def test_run_of_a_submitted_workflow_does_not_resubmit(queue):
+    wf = Workflow("submitted")
+    a = wf.add_job(Job("a", jobs.add, params={"a": 1, "b": 1}))
+    b = wf.add_job(Job("b", jobs.sum_parents), depends_on=[a])
+    assert wf.submit_all(queue) == [a.id, b.id]
+    assert wf.run(queue, workers=2) == {a.id: 2, b.id: 2}
+    assert queue.stats()["total"] == 2
+    assert queue.stats()["completed"] == 2
+
+
+def test_workflow_failed_keeps_completed_results(queue):
+    wf = Workflow("partial")
+    good = wf.add_job(Job("good", jobs.add, params={"a": 20, "b": 22}))
+    bad = wf.add_job(Job("bad", jobs.raise_value_error, max_attempts=1))
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=2)
+    exc = excinfo.value
+    assert exc.results == {good.id: 42}
+    assert set(exc.failures) == {bad.id}
+    assert exc.failures[bad.id]["name"] == "bad"
+    assert exc.failures[bad.id]["status"] == "failed"
+    assert "bad" in str(exc) and "failed" in str(exc) and "ValueError" in str(exc)
+
+
+@pytest.mark.timeout(30)
+def test_run_timeout_raises_wait_timeout_and_stops_workers(queue):
+    wf = Workflow("too slow")
+    wf.add_job(Job("sleeper", jobs.sleep_for, params={"seconds": 20}))
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeout):
+        wf.run(queue, workers=1, timeout=0.5)
+    assert time.monotonic() - t0 < 8
+    # the autouse fixture checks that the worker processes are gone
