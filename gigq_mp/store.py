@@ -108,6 +108,7 @@ WITH RECURSIVE down(id) AS (
 )"""
 
 _CHUNK = 900  # stay far below SQLite's limit on bound variables
+# Guards are written `+status` so the planner looks rows up by id, never by scanning the status index.
 
 _open_stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
 
@@ -209,6 +210,31 @@ class Store:
                 self._depth = 0
             self._conn.execute("COMMIT")
 
+    def begin_batch(self) -> None:
+        """Open a write transaction that stays open across calls until commit_batch()."""
+        self._lock.acquire()
+        if self._depth == 0:
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+
+    def commit_batch(self) -> None:
+        """Close the batch opened by begin_batch(), committing when it is the outermost."""
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("COMMIT")
+        finally:
+            self._lock.release()
+
+    def rollback_batch(self) -> None:
+        """Abandon the batch opened by begin_batch() (after an error)."""
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._lock.release()
+
     def _read(self, sql: str, args: Iterable[Any] = ()) -> List[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
@@ -299,7 +325,7 @@ class Store:
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             for row in self._read(
-                f"SELECT id, result, result_blob FROM jobs WHERE status = 'completed' AND id IN ({marks})",
+                f"SELECT id, result, result_blob FROM jobs WHERE +status = 'completed' AND id IN ({marks})",
                 chunk,
             ):
                 found[row[0]] = (row[1], row[2])
@@ -313,7 +339,7 @@ class Store:
         with self.transaction() as db:
             done = db.execute(
                 "UPDATE jobs SET status = 'cancelled', updated_at = ?, completed_at = ?, "
-                "error = 'cancelled by user' WHERE id = ? AND status = 'pending'",
+                "error = 'cancelled by user' WHERE id = ? AND +status = 'pending'",
                 (now, now, job_id),
             ).rowcount
             if not done:
@@ -333,7 +359,7 @@ class Store:
             _DESCENDANTS
             + """UPDATE jobs SET status = 'cancelled', error = ?, blocked_by = ?, updated_at = ?,
                     completed_at = ?
-                 WHERE id IN (SELECT id FROM down) AND status = 'pending' RETURNING id""",
+                 WHERE id IN (SELECT id FROM down) AND +status = 'pending' RETURNING id""",
             (job_id, f"upstream job {name} ({job_id}) ended {status}", job_id, now, now),
         ).fetchall()
         return [r[0] for r in rows]
@@ -345,7 +371,7 @@ class Store:
             return bool(
                 db.execute(
                     "UPDATE jobs SET status = 'cancelled', error = ?, blocked_by = ?, updated_at = ?, "
-                    "completed_at = ? WHERE id = ? AND status = 'pending'",
+                    "completed_at = ? WHERE id = ? AND +status = 'pending'",
                     (error, upstream, now, now, job_id),
                 ).rowcount
             )
@@ -357,14 +383,14 @@ class Store:
             done = db.execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, retry_after = NULL, "
                 "blocked_by = NULL, completed_at = NULL, updated_at = ? "
-                "WHERE id = ? AND status IN ('failed', 'timeout', 'cancelled')",
+                "WHERE id = ? AND +status IN ('failed', 'timeout', 'cancelled')",
                 (now, job_id),
             ).rowcount
             if done:
                 db.execute(
                     "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, retry_after = NULL, "
                     "blocked_by = NULL, completed_at = NULL, updated_at = ? "
-                    "WHERE blocked_by = ? AND status = 'cancelled'",
+                    "WHERE blocked_by = ? AND +status = 'cancelled'",
                     (now, job_id),
                 )
             return bool(done)
@@ -393,28 +419,30 @@ class Store:
     def claim(self, job_ids: Sequence[str], worker_id: str) -> List[Tuple[sqlite3.Row, str]]:
         """Move pending jobs to running and open an attempt for each; skip jobs no longer pending.
 
-        Returns (job row, execution id) for each job claimed.
+        Returns (job row, execution id) for each job claimed, in the order of `job_ids`.
         """
         now = now_iso()
-        claimed = []
+        rows: Dict[str, sqlite3.Row] = {}
         with self.transaction() as db:
-            for job_id in job_ids:
-                row = db.execute(
+            for chunk in _chunks(list(job_ids)):
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute(
                     f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
                             started_at = ?, updated_at = ?, retry_after = NULL
-                        WHERE id = ? AND status = 'pending' RETURNING {_CLAIM_FIELDS}""",
-                    (worker_id, now, now, job_id),
-                ).fetchone()
-                if row is None:
-                    continue
-                self._attempt_count += 1
-                execution_id = f"{self._attempt_prefix}-{self._attempt_count}"
-                db.execute(
-                    "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
-                    "VALUES (?, ?, ?, 'running', ?, ?)",
-                    (execution_id, job_id, worker_id, now, row["attempts"]),
-                )
-                claimed.append((row, execution_id))
+                        WHERE id IN ({marks}) AND +status = 'pending' RETURNING {_CLAIM_FIELDS}""",
+                    (worker_id, now, now, *chunk),
+                ).fetchall():
+                    rows[row["id"]] = row
+            claimed = []
+            for job_id in job_ids:
+                if job_id in rows:
+                    self._attempt_count += 1
+                    claimed.append((rows[job_id], f"{self._attempt_prefix}-{self._attempt_count}"))
+            db.executemany(
+                "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
+                "VALUES (?, ?, ?, 'running', ?, ?)",
+                [(execution_id, row["id"], worker_id, now, row["attempts"]) for row, execution_id in claimed],
+            )
         return claimed
 
     def function_blob(self, key: str) -> Optional[bytes]:
@@ -436,7 +464,7 @@ class Store:
             done = db.execute(
                 """UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, error = NULL,
                         completed_at = ?, updated_at = ?
-                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
                 (text, blob, now, now, job_id, worker_id),
             ).rowcount
             db.execute(
@@ -464,7 +492,7 @@ class Store:
             done = db.execute(
                 """UPDATE jobs SET status = ?, error = ?, retry_after = ?, updated_at = ?,
                         completed_at = ?
-                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
                 (job_status, error, retry_after, now, now if final else None, job_id, worker_id),
             ).rowcount
             db.execute(
@@ -481,7 +509,7 @@ class Store:
         with self.transaction() as db:
             done = db.execute(
                 """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
-                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
                 (now, job_id, worker_id),
             ).rowcount
             db.execute(
@@ -496,7 +524,7 @@ class Store:
         with self.transaction() as db:
             done = db.execute(
                 """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
-                   WHERE id = ? AND status = 'running' AND worker_id = ?""",
+                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
                 (now_iso(), job_id, worker_id),
             ).rowcount
             db.execute("DELETE FROM job_executions WHERE id = ?", (execution_id,))

@@ -14,6 +14,7 @@ clock is a parameter so deadline logic can be tested on fake time.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Dict, Iterable, List, Optional, Set
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Set
 
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, TimedOut, Unstarted, WorkerLost
 from .model import BLOCKING, FINAL
@@ -37,6 +38,8 @@ RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead, two per worker
+CLAIM_AHEAD = 16  # short jobs claimed beyond the free slots, so one commit covers many
+FLUSH_SECONDS = 0.005  # the longest a recorded outcome waits in an open transaction
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
@@ -99,6 +102,7 @@ class Supervisor:
         self.finished_attempts = 0
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
+        self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
         self._version: Optional[int] = None
         self._last_sync = float("-inf")
         self._stop = threading.Event()
@@ -127,36 +131,60 @@ class Supervisor:
 
         With `max_attempts`, returns as soon as nothing is ready and nothing runs.
         Returns the number of attempts that ended.
+
+        Writes are batched: one transaction stays open while outcomes are applied,
+        and is committed before any newly claimed job leaves for a worker (so no
+        two supervisors can run one job), or after FLUSH_SECONDS at the latest.
         """
         started = self.finished_attempts
         self._stop.clear()
         self._cold.clear()
         events: list = []
+        batch_since: Optional[float] = None
         try:
             self._sync(force=True)
             while True:
                 now = self.clock()
-                with self.store.transaction():  # one commit for a whole round of outcomes and claims
-                    for event in events:
-                        self._handle(event)
-                    self._sync()
-                    done = self.finished_attempts - started
-                    finished = self._stop.is_set() or (until is not None and until())
-                    if max_attempts is not None:
-                        finished = finished or (done >= max_attempts and not self.running)
-                        budget = max_attempts - done - len(self.running)
-                    else:
-                        budget = None
-                    runs = [] if finished else self._claim(now, budget)
-                self._send(runs)
+                if batch_since is None:
+                    self.store.begin_batch()
+                    batch_since = now
+                for event in events:
+                    self._handle(event)
+                self._sync()
+                done = self.finished_attempts - started
+                finished = self._stop.is_set() or (until is not None and until())
+                budget = None
+                if max_attempts is not None:
+                    finished = finished or (done >= max_attempts and not self.running)
+                    budget = max_attempts - done - len(self.running)
+                if finished:
+                    self._release_buffer()
+                claimed = not finished and self._claim(now, budget)
+                if finished or claimed or now - batch_since >= FLUSH_SECONDS:
+                    self.store.commit_batch()
+                    batch_since = None
+                self._send()
                 if finished or (max_attempts is not None and not self.running):
                     break  # with max_attempts and nothing running, nothing was ready
-                events = self._wait(self._wait_timeout(now))
+                timeout = self._wait_timeout(now)
+                if batch_since is not None:
+                    timeout = min(timeout, max(0.0, batch_since + FLUSH_SECONDS - now))
+                events = self._wait(timeout)
             self._drain()
         except BaseException:
+            if batch_since is not None:
+                self._close_batch_after_error()
             self._abort()
             raise
         return self.finished_attempts - started
+
+    def _close_batch_after_error(self) -> None:
+        """Keep the outcomes already applied (their jobs left `running`); roll back if we cannot."""
+        try:
+            self.store.commit_batch()
+        except Exception:
+            logger.exception("could not commit the last batch; rolling it back")
+            self.store.rollback_batch()
 
     def _wait(self, timeout: Optional[float]) -> list:
         """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed."""
@@ -282,17 +310,24 @@ class Supervisor:
         behind a long job while another worker idles."""
         return 2 if self._mean_duration < QUICK_JOB_SECONDS else 1
 
-    def _claim(self, now: float, budget: Optional[int]) -> List[RunJob]:
-        """Claim ready jobs for the free slots (inside the caller's transaction)."""
-        executor = self._ensure_executor()
-        room = executor.free_slots(self._depth())
+    def _claim(self, now: float, budget: Optional[int]) -> bool:
+        """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
+
+        Short jobs are claimed a handful ahead, so one commit covers several of them;
+        long jobs are claimed only for free slots, so priorities hold exactly.
+        """
+        slots = self._ensure_executor().free_slots(self._depth())
+        if len(self._buffer) >= slots:
+            return False
+        ahead = CLAIM_AHEAD if self._mean_duration < QUICK_JOB_SECONDS else 0
+        want = slots + ahead - len(self._buffer)
         if budget is not None:
-            room = min(room, budget)
-        if room <= 0:
-            return []
-        job_ids = self.scheduler.pop_ready(now, room)
+            want = min(want, budget)
+        if want <= 0:
+            return False
+        job_ids = self.scheduler.pop_ready(now, want)
         if not job_ids:
-            return []
+            return False
         claimed = self.store.claim(job_ids, self.worker_id)
         taken = {row["id"] for row, _ in claimed}
         for job_id in job_ids:
@@ -300,7 +335,10 @@ class Supervisor:
                 self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
         parents = {row["id"]: json.loads(row["dependencies"] or "[]") for row, _ in claimed}
         results = self.store.results([p for deps in parents.values() for p in deps])
-        return [self._prepare(row, execution_id, parents[row["id"]], results) for row, execution_id in claimed]
+        self._buffer.extend(
+            self._prepare(row, execution_id, parents[row["id"]], results) for row, execution_id in claimed
+        )
+        return bool(claimed)
 
     def _prepare(self, row, execution_id: str, parents: List[str], results: dict) -> RunJob:
         key = row["function_key"] or f"{row['function_module']}:{row['function_name']}"
@@ -329,10 +367,21 @@ class Supervisor:
             pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
         )
 
-    def _send(self, runs: List[RunJob]) -> None:
-        """Hand claimed jobs to the executor, after their claim has been committed."""
-        if runs:
-            self._ensure_executor().dispatch(runs, self._depth())
+    def _send(self) -> None:
+        """Hand claimed (and committed) jobs to the executor's free slots."""
+        if not self._buffer:
+            return
+        executor = self._ensure_executor()
+        depth = self._depth()
+        count = min(executor.free_slots(depth), len(self._buffer))
+        if count:
+            executor.dispatch([self._buffer.popleft() for _ in range(count)], depth)
+
+    def _release_buffer(self) -> None:
+        """Stopping: claimed jobs that never left for a worker go back to pending."""
+        while self._buffer:
+            run = self._buffer.popleft()
+            self._handle(Unstarted(run.job_id, run.attempt))
 
     # -- outcomes -------------------------------------------------------------------------------
 
