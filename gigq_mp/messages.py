@@ -1,6 +1,6 @@
 """The small frozen messages that cross the pipe between supervisor and worker process.
 
-    supervisor --WorkerInit, RunJob..., None(stop)--> worker process
+    supervisor --WorkerInit, JobBatch..., None(stop)--> worker process
     supervisor <--Accepted, JobSucceeded | JobFailed-- worker process
 
 `WorkerLost` never crosses the pipe: the pool makes it when a worker process
@@ -10,7 +10,7 @@ ends while it holds a job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class WorkerInit:
 
 @dataclass(frozen=True)
 class RunJob:
-    """Run one attempt of a job. `function_blob` is None when the worker already caches `function_key`."""
+    """Run one attempt of a job. Its callable is `function_key` in the worker's cache, or
+    comes in the same `JobBatch`, or (no pickle stored: a GigQ job) is imported by name."""
 
     job_id: str
     attempt: int
     function_key: str
-    function_blob: Optional[bytes]
     function_module: str
     function_name: str
     params_text: Optional[str]
@@ -36,6 +36,14 @@ class RunJob:
     # (parent id, result text, result blob) in the order of the job's dependencies.
     parent_results: Tuple[Tuple[str, Optional[str], Optional[bytes]], ...]
     pass_parent_results: Optional[bool]
+
+
+@dataclass(frozen=True)
+class JobBatch:
+    """Jobs for one worker process, with the pickled callables it does not hold yet."""
+
+    runs: Tuple[RunJob, ...]
+    functions: Dict[str, bytes]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ process takes its place.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import select
@@ -29,7 +28,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Deque, Dict, Iterable, List, Optional, Protocol
 
-from .messages import Accepted, RunJob, Unstarted, WorkerInit, WorkerLost
+from .messages import Accepted, JobBatch, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
 
@@ -43,7 +42,7 @@ class Executor(Protocol):
     """What the supervisor needs from whatever runs its jobs."""
 
     def free_slots(self, depth: int) -> int: ...
-    def dispatch(self, runs: List[RunJob], depth: int) -> None: ...
+    def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
     def kill(self, job_id: str) -> list: ...
     def shutdown(self) -> None: ...
@@ -71,17 +70,19 @@ class WorkerProcess:
         self.functions = FunctionCache()
         self.jobs_done = 0
 
-    def send(self, runs: List[RunJob]) -> None:
-        batch = []
+    def send(self, runs: List[RunJob], pickled: Dict[str, Optional[bytes]]) -> None:
+        """Send jobs in one write, with the callables this process does not hold yet."""
+        missing: Dict[str, bytes] = {}
         for run in runs:
-            if run.function_key in self.functions:
-                self.functions.get(run.function_key)  # keep the mirror's LRU order in step
-                run = dataclasses.replace(run, function_blob=None)
+            key = run.function_key
+            if key in self.functions:
+                self.functions.get(key)  # touch it: the worker's LRU moves the same way
             else:
-                self.functions.put(run.function_key, True)
-            batch.append(run)
-        self.jobs.extend(batch)
-        self.conn.send(batch)
+                self.functions.put(key, True)
+                if pickled.get(key) is not None:
+                    missing[key] = pickled[key]
+        self.jobs.extend(runs)
+        self.conn.send(JobBatch(tuple(runs), missing))
 
     def ask_to_exit(self) -> None:
         try:
@@ -129,6 +130,10 @@ class LocalPool:
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
     def _room(self, worker: WorkerProcess, depth: int) -> int:
+        """How many jobs to send this worker now: none until its queue is down to half of
+        `depth`, then enough to fill it, so each write carries several short jobs."""
+        if len(worker.jobs) > depth // 2:
+            return 0
         if self.max_tasks_per_worker:  # never send past the job that retires the process
             depth = min(depth, self.max_tasks_per_worker - worker.jobs_done)
         return max(0, depth - len(worker.jobs))
@@ -136,17 +141,22 @@ class LocalPool:
     def free_slots(self, depth: int) -> int:
         return sum(self._room(w, depth) for w in self.workers)
 
-    def dispatch(self, runs: List[RunJob], depth: int) -> None:
-        """Send jobs to the workers with the most room, one write per worker."""
+    def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None:
+        """Send jobs to the workers with the most room, one write per worker.
+
+        `pickled` maps function keys to pickled callables (None: imported by name).
+        """
+        room = {worker: self._room(worker, depth) for worker in self.workers}
         batches: Dict[WorkerProcess, List[RunJob]] = {}
         for run in runs:
-            worker = max(self.workers, key=lambda w: self._room(w, depth) - len(batches.get(w, ())))
-            if self._room(worker, depth) - len(batches.get(worker, ())) <= 0:
+            worker = max(room, key=room.__getitem__)
+            if room[worker] <= 0:
                 raise RuntimeError("dispatch called with more jobs than free slots")
+            room[worker] -= 1
             batches.setdefault(worker, []).append(run)
         for worker, batch in batches.items():
             try:
-                worker.send(batch)
+                worker.send(batch, pickled)
             except OSError:
                 # The process died; its EOF surfaces in wait() and its jobs are reported there.
                 logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)

@@ -18,7 +18,7 @@ import threading
 import traceback
 from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_value, load_callable
@@ -60,11 +60,17 @@ def wants_parent_results(function: Callable) -> bool:
     return any(p.name == "parent_results" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def run_job(message: RunJob, functions: FunctionCache) -> Any:
-    """Call the job's function with its params (and parent results); return its result."""
+def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> Any:
+    """Call the job's function with its params (and parent results); return its result.
+
+    The cache is touched in the same order as the supervisor's mirror of it, so a
+    callable missing here always arrived in `pickled` with this job's batch.
+    """
     function = functions.get(message.function_key)
     if function is None:
-        function = load_callable(message.function_blob, message.function_module, message.function_name)
+        function = load_callable(
+            pickled.pop(message.function_key, None), message.function_module, message.function_name
+        )
         functions.put(message.function_key, function)
     params = decode_value(message.params_text, message.params_blob) or {}
     inject = message.pass_parent_results
@@ -76,10 +82,10 @@ def run_job(message: RunJob, functions: FunctionCache) -> Any:
     return function(**params)
 
 
-def answer(message: RunJob, functions: FunctionCache) -> Any:
+def answer(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> Any:
     """Run one attempt and build the reply; never raises."""
     try:
-        result = run_job(message, functions)
+        result = run_job(message, functions, pickled)
     except BaseException as exc:  # the job's failure, whatever it is, is the answer
         return JobFailed(
             message.job_id,
@@ -127,6 +133,7 @@ def serve(conn: Connection) -> None:
     the reply to one job together with the acceptance of the next.
     """
     functions = FunctionCache()
+    pickled: Dict[str, bytes] = {}  # callables received, not yet loaded into the cache
     jobs: Deque[Optional[RunJob]] = deque()
     outbox: list = []
     while True:
@@ -134,7 +141,7 @@ def serve(conn: Connection) -> None:
             if outbox:
                 conn.send(outbox)
                 outbox = []
-            if not receive(conn, jobs, block=True):
+            if not receive(conn, jobs, pickled, block=True):
                 return
         job = jobs.popleft()
         if job is None:
@@ -143,24 +150,25 @@ def serve(conn: Connection) -> None:
             return
         outbox.append(Accepted(job.job_id, job.attempt, os.getpid()))
         conn.send(outbox)  # the timeout clock starts now, so this cannot wait
-        outbox = [answer(job, functions)]
-        if not receive(conn, jobs, block=False):
+        outbox = [answer(job, functions, pickled)]
+        if not receive(conn, jobs, pickled, block=False):
             conn.send(outbox)
             return
 
 
-def receive(conn: Connection, jobs: Deque[Optional[RunJob]], block: bool) -> bool:
-    """Move what the supervisor sent into `jobs`; False when the pipe is closed."""
+def receive(conn: Connection, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], block: bool) -> bool:
+    """Move what the supervisor sent into `jobs` and `pickled`; False when the pipe is closed."""
     fd = conn.fileno()
     while block or select.select([fd], [], [], 0)[0]:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return False
-        if isinstance(message, list):
-            jobs.extend(message)
+        if message is None:
+            jobs.append(None)
         else:
-            jobs.append(message)
+            pickled.update(message.functions)
+            jobs.extend(message.runs)
         block = False
     return True
 

@@ -37,7 +37,8 @@ logger = logging.getLogger("gigq_mp.supervisor")
 RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
-QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead, two per worker
+QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
+QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
 CLAIM_AHEAD = 16  # short jobs claimed beyond the free slots, so one commit covers many
 FLUSH_SECONDS = 0.005  # the longest a recorded outcome waits in an open transaction
 
@@ -59,6 +60,11 @@ class Attempt:
     started: Optional[float] = None  # when the worker process accepted the job (clock time)
     deadline: Optional[float] = None
     pid: Optional[int] = None
+
+
+def decode_ids(text: Optional[str]) -> List[str]:
+    """A JSON list of job ids (most jobs have none: skip the parser)."""
+    return [] if not text or text == "[]" else json.loads(text)
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -238,7 +244,7 @@ class Supervisor:
         self._refresh_targets()
 
     def _track(self, rows: list) -> None:
-        deps_of = {row["id"]: json.loads(row["dependencies"] or "[]") for row in rows}
+        deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
         unknown = {p for deps in deps_of.values() for p in deps if p not in self.scheduler and p not in deps_of}
         statuses = self.store.statuses(list(unknown))
         wall, mono = datetime.now(), self.clock()
@@ -305,10 +311,10 @@ class Supervisor:
     # -- dispatch -------------------------------------------------------------------------------
 
     def _depth(self) -> int:
-        """Jobs per worker process: send one ahead while jobs are short, so no worker
-        waits for a round trip; keep one at a time for long jobs, so none queues
-        behind a long job while another worker idles."""
-        return 2 if self._mean_duration < QUICK_JOB_SECONDS else 1
+        """Jobs per worker process: several while jobs are short, so no worker waits for
+        a round trip and one write carries several jobs; one at a time for long jobs,
+        so none queues behind a long job while another worker idles."""
+        return QUICK_JOB_DEPTH if self._mean_duration < QUICK_JOB_SECONDS else 1
 
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
@@ -333,7 +339,7 @@ class Supervisor:
         for job_id in job_ids:
             if job_id not in taken:
                 self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-        parents = {row["id"]: json.loads(row["dependencies"] or "[]") for row, _ in claimed}
+        parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
         results = self.store.results([p for deps in parents.values() for p in deps])
         self._buffer.extend(
             self._prepare(row, execution_id, parents[row["id"]], results) for row, execution_id in claimed
@@ -358,7 +364,6 @@ class Supervisor:
             job_id=row["id"],
             attempt=row["attempts"],
             function_key=key,
-            function_blob=self._functions[key],
             function_module=row["function_module"],
             function_name=row["function_name"],
             params_text=row["params"],
@@ -375,7 +380,7 @@ class Supervisor:
         depth = self._depth()
         count = min(executor.free_slots(depth), len(self._buffer))
         if count:
-            executor.dispatch([self._buffer.popleft() for _ in range(count)], depth)
+            executor.dispatch([self._buffer.popleft() for _ in range(count)], depth, self._functions)
 
     def _release_buffer(self) -> None:
         """Stopping: claimed jobs that never left for a worker go back to pending."""
