@@ -81,6 +81,7 @@ class Workflow:
                 worker_id=f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                 concurrency=workers or os.cpu_count() or 1,
                 polling_interval=0.5,
+                grace_period=0.0,  # run() ending early (timeout) interrupts its jobs at once
                 scope=set(ids) | outside,
                 targets=set(ids),
             )

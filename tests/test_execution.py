@@ -359,5 +359,5 @@ def test_run_timeout_raises_wait_timeout_and_stops_workers(queue):
     t0 = time.monotonic()
     with pytest.raises(WaitTimeout):
         wf.run(queue, workers=1, timeout=0.5)
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 10
     # the autouse fixture checks that the worker processes are gone

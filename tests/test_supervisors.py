@@ -86,7 +86,21 @@ def test_two_supervisor_processes_run_each_job_once_and_stop_on_sigterm(queue, d
     ]
     pool_pids = []
     try:
-        wait_terminal(queue, ids, timeout=75)
+        deadline = time.monotonic() + 75
+        while True:
+            try:
+                wait_terminal(queue, ids, timeout=0.5)
+                break
+            except AssertionError:
+                exited = [p for p in procs if p.poll() is not None]
+                if exited or time.monotonic() > deadline:
+                    for p in procs:
+                        if p.poll() is None:
+                            p.kill()
+                    details = [(p.args[-1], p.returncode, p.communicate()) for p in procs]
+                    raise AssertionError(
+                        f"stats={queue.stats()}; supervisors (name, rc, (out, err)): {details}"
+                    )
         for proc in procs:
             pool_pids += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
             proc.send_signal(signal.SIGTERM)
