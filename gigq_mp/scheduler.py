@@ -84,6 +84,10 @@ class Scheduler:
                 del self._unfinished[child]
                 self._release(child, None)
 
+    def is_awaited(self, job_id: str) -> bool:
+        """True when some tracked job waits for `job_id` to complete."""
+        return bool(self._children.get(job_id))
+
     def external_parents(self) -> Set[str]:
         """Parents that waiting jobs wait on but this scheduler does not track."""
         return {p for parents in self._unfinished.values() for p in parents if p not in self._state}

@@ -84,7 +84,18 @@ _OUR_TABLES = [
     """CREATE TABLE IF NOT EXISTS job_dependencies (
         job_id TEXT NOT NULL, depends_on TEXT NOT NULL, position INTEGER NOT NULL,
         PRIMARY KEY (job_id, depends_on))""",
+    # The change log: which jobs were inserted or changed status (except into `running`),
+    # written by triggers so that writes by any program, GigQ's included, are seen. A
+    # supervisor reads what is past its cursor instead of rescanning every pending job.
+    "CREATE TABLE IF NOT EXISTS job_changes (seq INTEGER PRIMARY KEY, job_id TEXT NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS job_changes_on_insert AFTER INSERT ON jobs
+        BEGIN INSERT INTO job_changes (job_id) VALUES (NEW.id); END""",
+    """CREATE TRIGGER IF NOT EXISTS job_changes_on_status AFTER UPDATE OF status ON jobs
+        WHEN NEW.status IS NOT OLD.status AND NEW.status != 'running'
+        BEGIN INSERT INTO job_changes (job_id) VALUES (NEW.id); END""",
 ]
+
+CHANGES_KEPT = 50_000  # change-log rows kept; a supervisor further behind rescans instead
 
 _INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (status)",
@@ -415,6 +426,37 @@ class Store:
             "SELECT id, priority, created_at, rowid AS seq, retry_after, dependencies "
             "FROM jobs WHERE status = 'pending'"
         )
+
+    def change_cursor(self) -> int:
+        """The newest change-log entry (0 when empty)."""
+        return self._read("SELECT COALESCE(MAX(seq), 0) FROM job_changes")[0][0]
+
+    def changes_since(self, cursor: int) -> Optional[List[Tuple[int, str]]]:
+        """(seq, job id) of the changes after `cursor`; None when some were pruned."""
+        rows = self._read("SELECT seq, job_id FROM job_changes WHERE seq > ? ORDER BY seq", (cursor,))
+        if rows and rows[0][0] != cursor + 1:
+            return None
+        return [(r[0], r[1]) for r in rows]
+
+    def prune_changes(self) -> None:
+        """Keep only the newest CHANGES_KEPT change-log entries."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM job_changes WHERE seq <= (SELECT MAX(seq) FROM job_changes) - ?",
+                (CHANGES_KEPT,),
+            )
+
+    def job_states(self, ids: Sequence[str]) -> List[sqlite3.Row]:
+        """What the scheduler needs of these jobs, whatever their status."""
+        found: List[sqlite3.Row] = []
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found += self._read(
+                "SELECT id, status, priority, created_at, rowid AS seq, retry_after, dependencies "
+                f"FROM jobs WHERE id IN ({marks})",
+                chunk,
+            )
+        return found
 
     def claim(self, job_ids: Sequence[str], worker_id: str) -> List[Tuple[sqlite3.Row, str]]:
         """Move pending jobs to running and open an attempt for each; skip jobs no longer pending.

@@ -40,6 +40,7 @@ SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
 QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
 CLAIM_AHEAD = 16  # short jobs claimed beyond the free slots, so one commit covers many
+PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 FLUSH_SECONDS = 0.005  # the longest a recorded outcome waits in an open transaction
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
@@ -110,6 +111,7 @@ class Supervisor:
         self._functions: Dict[str, Optional[bytes]] = {}
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
         self._version: Optional[int] = None
+        self._cursor: Optional[int] = None  # how far we have read the change log
         self._last_sync = float("-inf")
         self._stop = threading.Event()
         self._cold = threading.Event()
@@ -221,16 +223,28 @@ class Supervisor:
     # -- sync with the database -----------------------------------------------------------------
 
     def _sync(self, force: bool = False) -> None:
-        """Reload pending jobs when another process changed the database (or when forced)."""
+        """Catch up with what other processes wrote: read the change log past our cursor,
+        or, on the first call (or when the log was pruned past us), every pending job."""
         now = self.clock()
         version = self.store.data_version()
         if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
             return
         self._version, self._last_sync = version, now
-        pending = self.store.pending_jobs()
+        if not force and self._cursor is not None:
+            changes = self.store.changes_since(self._cursor)
+            if changes is not None:
+                if changes:
+                    self._cursor = changes[-1][0]
+                    self._apply_changes({job_id for _, job_id in changes})
+                return
+            logger.info("the change log was pruned past this supervisor; rescanning pending jobs")
+        self._cursor = self.store.change_cursor()
+        self._rescan()
+
+    def _rescan(self) -> None:
         pending_ids = set()
         new_rows = []
-        for row in pending:
+        for row in self.store.pending_jobs():
             job_id = row["id"]
             if self.scope is not None and job_id not in self.scope:
                 continue
@@ -242,6 +256,28 @@ class Supervisor:
         self._track(new_rows)
         self._resolve_external_parents()
         self._refresh_targets()
+
+    def _apply_changes(self, job_ids: Set[str]) -> None:
+        """Jobs that were inserted or changed status, by anyone (our own changes included)."""
+        new_rows = []
+        for row in self.store.job_states(list(job_ids)):
+            job_id, status = row["id"], row["status"]
+            if job_id in self.running:
+                continue
+            if status == "pending":
+                if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
+                    new_rows.append(row)  # submitted, requeued or revived elsewhere
+                continue
+            if job_id in self.scheduler:
+                self.scheduler.discard(job_id)  # cancelled elsewhere
+            if status in FINAL:
+                self.open_targets.discard(job_id)
+            if self.scheduler.is_awaited(job_id):  # a parent finished in another supervisor
+                if status == "completed":
+                    self.scheduler.parent_completed(job_id)
+                elif status in BLOCKING:
+                    self._forget(self.store.cascade(job_id, status))
+        self._track(new_rows)
 
     def _track(self, rows: list) -> None:
         deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
@@ -418,6 +454,8 @@ class Supervisor:
     def _ended(self, attempt: Attempt) -> None:
         del self.running[attempt.job_id]
         self.finished_attempts += 1
+        if self.finished_attempts % PRUNE_CHANGES_EVERY == 0:
+            self.store.prune_changes()
         if attempt.started is not None:
             duration = self.clock() - attempt.started
             self._mean_duration += 0.2 * (duration - self._mean_duration)
