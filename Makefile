@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install install-test demo test
+.PHONY: install install-test install-bench demo test bench bench-quick
 
 install:
 	$(PYTHON) -m pip install -q -e .
@@ -13,3 +13,12 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q
+
+install-bench:
+	$(PYTHON) -m pip install -q -e '.[bench]'
+
+bench: install-bench
+	$(PYTHON) bench/run.py
+
+bench-quick: install-bench
+	$(PYTHON) bench/run.py --quick
