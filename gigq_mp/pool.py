@@ -35,7 +35,11 @@ from .runner import FunctionCache
 logger = logging.getLogger("gigq_mp.pool")
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RUNNER_CODE = "from gigq_mp.runner import main; main()"
+# `python -c` puts the current directory first on sys.path; replace it with the directory
+# this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
+_RUNNER_CODE = (
+    f"import sys; sys.path[0] = {_PACKAGE_PARENT!r}; from gigq_mp.runner import main; main()"
+)
 
 
 class Executor(Protocol):
@@ -53,14 +57,11 @@ class WorkerProcess:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
         self.popen = subprocess.Popen(
             [sys.executable, "-c", _RUNNER_CODE, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=env,
         )
         theirs.close()
         self.conn = Connection(ours.detach())

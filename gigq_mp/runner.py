@@ -1,6 +1,6 @@
 """The code that runs inside a worker process.
 
-The supervisor starts `python -c "from gigq_mp.runner import main; main()" FD`
+The supervisor starts `python -c "...from gigq_mp.runner import main; main()" FD`
 where FD is this process's end of a socket pair. The worker process never
 imports the user's `__main__` and never touches SQLite: it receives `RunJob`
 messages, answers `Accepted` then `JobSucceeded` or `JobFailed`, and exits when

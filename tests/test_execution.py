@@ -361,3 +361,13 @@ def test_run_timeout_raises_wait_timeout_and_stops_workers(queue):
         wf.run(queue, workers=1, timeout=0.5)
     assert time.monotonic() - t0 < 10
     # the autouse fixture checks that the worker processes are gone
+
+
+def test_worker_processes_import_the_supervisors_gigq_mp_not_one_in_the_cwd(tmp_path, monkeypatch):
+    shadow = tmp_path / "gigq_mp"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('shadow copy of gigq_mp imported')\n")
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("shadow")
+    job = wf.add_job(Job("add", jobs.add, params={"a": 2, "b": 3}, max_attempts=1))
+    assert wf.run(workers=1, timeout=30) == {job.id: 5}
