@@ -12,15 +12,21 @@ Ready order: higher priority first, then older (created_at, then insertion).
 from __future__ import annotations
 
 import heapq
+from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-OrderKey = Tuple[int, str, int]  # (-priority, created_at, sequence)
+OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
 WAITING, READY, DELAYED, RUNNING = "waiting", "ready", "delayed", "running"
 
 
 def order_key(priority: int, created_at: str, sequence: int) -> OrderKey:
-    return (-int(priority or 0), created_at, sequence)
+    """Higher priority first, then older (GigQ's ISO `created_at`), then submission order."""
+    try:
+        created = datetime.fromisoformat(created_at).timestamp()
+    except (TypeError, ValueError):
+        created = 0.0
+    return (-int(priority or 0), created, sequence)
 
 
 class Scheduler:
@@ -29,8 +35,11 @@ class Scheduler:
     def __init__(self) -> None:
         self._state: Dict[str, str] = {}
         self._key: Dict[str, OrderKey] = {}
-        self._unfinished: Dict[str, Set[str]] = {}  # job -> parents not yet completed
-        self._children: Dict[str, List[str]] = {}  # parent -> tracked jobs waiting on it
+        # job -> [parents not yet completed, token of this add()]; a parent's list holds
+        # (child, token) so entries left by a discarded-then-re-added child are ignored.
+        self._unfinished: Dict[str, List[int]] = {}
+        self._children: Dict[str, List[Tuple[str, int]]] = {}
+        self._tokens = 0
         self._ready: List[Tuple[OrderKey, str]] = []
         self._delayed: List[Tuple[float, OrderKey, str]] = []
         self._eligible_at: Dict[str, float] = {}
@@ -56,10 +65,11 @@ class Scheduler:
         self._key[job_id] = key
         parents = set(unfinished_parents)
         if parents:
+            self._tokens += 1
             self._state[job_id] = WAITING
-            self._unfinished[job_id] = parents
+            self._unfinished[job_id] = [len(parents), self._tokens]
             for parent in parents:
-                self._children.setdefault(parent, []).append(job_id)
+                self._children.setdefault(parent, []).append((job_id, self._tokens))
         else:
             self._release(job_id, eligible_at)
 
@@ -75,22 +85,26 @@ class Scheduler:
 
     def parent_completed(self, parent_id: str) -> None:
         """A parent completed: its tracked children may become ready."""
-        for child in self._children.pop(parent_id, ()):
-            parents = self._unfinished.get(child)
-            if parents is None or self._state.get(child) != WAITING:
+        for child, token in self._children.pop(parent_id, ()):
+            waiting = self._unfinished.get(child)
+            if waiting is None or waiting[1] != token or self._state.get(child) != WAITING:
                 continue
-            parents.discard(parent_id)
-            if not parents:
+            waiting[0] -= 1
+            if waiting[0] == 0:
                 del self._unfinished[child]
                 self._release(child, None)
+
+    def sequence(self, job_id: str) -> int:
+        """The tracked job's submission sequence (its rowid in the store)."""
+        return self._key[job_id][2]
 
     def is_awaited(self, job_id: str) -> bool:
         """True when some tracked job waits for `job_id` to complete."""
         return bool(self._children.get(job_id))
 
     def external_parents(self) -> Set[str]:
-        """Parents that waiting jobs wait on but this scheduler does not track."""
-        return {p for parents in self._unfinished.values() for p in parents if p not in self._state}
+        """Parents that waiting jobs (may) wait on but this scheduler does not track."""
+        return {parent for parent in self._children if parent not in self._state}
 
     def pop_ready(self, now: float, limit: int) -> List[str]:
         """Up to `limit` ready jobs in priority order; they are marked running."""

@@ -16,7 +16,7 @@ import threading
 import uuid
 import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import GigqMpError, ValidationError
 from .model import FINAL, now_iso
@@ -81,15 +81,16 @@ _ADDED_COLUMNS = {
 _OUR_TABLES = [
     "CREATE TABLE IF NOT EXISTS gigq_mp_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB NOT NULL)",
+    # Edges of the DAG, parent -> child lookups only (cascades); submission already
+    # refuses duplicate dependencies, so no second index keeps them unique.
     """CREATE TABLE IF NOT EXISTS job_dependencies (
-        job_id TEXT NOT NULL, depends_on TEXT NOT NULL, position INTEGER NOT NULL,
-        PRIMARY KEY (job_id, depends_on))""",
-    # The change log: which jobs were inserted or changed status (except into `running`),
-    # written by triggers so that writes by any program, GigQ's included, are seen. A
-    # supervisor reads what is past its cursor instead of rescanning every pending job.
-    "CREATE TABLE IF NOT EXISTS job_changes (seq INTEGER PRIMARY KEY, job_id TEXT NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS job_changes_on_insert AFTER INSERT ON jobs
-        BEGIN INSERT INTO job_changes (job_id) VALUES (NEW.id); END""",
+        job_id TEXT NOT NULL, depends_on TEXT NOT NULL, position INTEGER NOT NULL)""",
+    # The change log: which jobs changed status (except into `running`), written by a
+    # trigger so that writes by any program, GigQ's included, are seen. A supervisor reads
+    # what is past its cursor instead of rescanning every pending job. New jobs need no
+    # entry: they are the rows past the highest rowid it has seen. A NULL job_id says rows
+    # were deleted (rowids may be reused): read everything again.
+    "CREATE TABLE IF NOT EXISTS job_changes (seq INTEGER PRIMARY KEY, job_id TEXT)",
     """CREATE TRIGGER IF NOT EXISTS job_changes_on_status AFTER UPDATE OF status ON jobs
         WHEN NEW.status IS NOT OLD.status AND NEW.status != 'running'
         BEGIN INSERT INTO job_changes (job_id) VALUES (NEW.id); END""",
@@ -98,7 +99,9 @@ _OUR_TABLES = [
 CHANGES_KEPT = 50_000  # change-log rows kept; a supervisor further behind rescans instead
 
 _INDEXES = [
-    "CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (status)",
+    # Only unfinished jobs are looked up by status on a hot path, and a full status index
+    # would take an insert into its ever-growing `completed` region for every job.
+    "CREATE INDEX IF NOT EXISTS idx_jobs_active ON jobs (status) WHERE status = 'pending' OR status = 'running'",
     "CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority)",
     "CREATE INDEX IF NOT EXISTS idx_jobs_blocked_by ON jobs (blocked_by)",
     "CREATE INDEX IF NOT EXISTS idx_job_dependencies_parent ON job_dependencies (depends_on)",
@@ -111,6 +114,9 @@ _CLAIM_FIELDS = (
     "function_module, function_name, params, params_blob, pass_parent_results, dependencies, max_memory_mb"
 )
 
+# What the scheduler needs to know of a job it may track.
+_STATE_FIELDS = "id, status, priority, created_at, rowid AS seq, retry_after, dependencies"
+
 _DESCENDANTS = """
 WITH RECURSIVE down(id) AS (
     SELECT job_id FROM job_dependencies WHERE depends_on = ?
@@ -118,10 +124,25 @@ WITH RECURSIVE down(id) AS (
     SELECT d.job_id FROM job_dependencies d JOIN down ON d.depends_on = down.id
 )"""
 
+CACHE_KIB = 16 * 1024  # SQLite page cache of a connection
+BULK_CACHE_KIB = 64 * 1024  # ... while a large submission inserts at random places in the indexes
 _CHUNK = 900  # stay far below SQLite's limit on bound variables
 # Guards are written `+status` so the planner looks rows up by id, never by scanning the status index.
 
 _open_stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
+
+
+class AttemptRef(NamedTuple):
+    """One claimed attempt: the job (by id and rowid), its execution row and its supervisor."""
+
+    job_id: str
+    seq: int  # the job's rowid
+    execution_id: str
+    worker_id: str
+
+    @property
+    def job_key(self) -> Tuple[int, str, str]:
+        return (self.seq, self.job_id, self.worker_id)
 
 
 def close_all() -> None:
@@ -156,6 +177,9 @@ class Store:
             # Checkpoint less often: the same hot pages (status index, running rows) are then
             # copied back once per checkpoint instead of once per few commits.
             self._conn.execute("PRAGMA wal_autocheckpoint=8000")
+            # Ids are random (uuid4), so index pages are touched at random: keep more of them
+            # in memory than SQLite's default 2 MB, or large DAGs thrash the page cache.
+            self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             if initialize:
                 self._initialize()
         except sqlite3.DatabaseError as exc:
@@ -181,6 +205,7 @@ class Store:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
             for ddl in _INDEXES:
                 db.execute(ddl)
+            db.execute("DROP TRIGGER IF EXISTS job_changes_on_insert")
             row = db.execute("SELECT value FROM gigq_mp_meta WHERE key = 'schema_version'").fetchone()
             if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise ValidationError(
@@ -264,7 +289,7 @@ class Store:
     @staticmethod
     def _insert_edges(db: sqlite3.Connection, job_id: str, deps: Sequence[str]) -> None:
         db.executemany(
-            "INSERT OR IGNORE INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
+            "INSERT INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
             [(job_id, dep, position) for position, dep in enumerate(deps)],
         )
 
@@ -278,26 +303,36 @@ class Store:
     def insert_jobs(self, rows: List[Dict[str, Any]], functions: Dict[str, bytes]) -> None:
         """Insert fully validated job rows (parents first) and their callables, all or nothing."""
         now = now_iso()
+        bulk = len(rows) > 10_000
         with self.transaction() as db:
+            if bulk:
+                db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
             db.executemany(
                 "INSERT OR IGNORE INTO functions (key, blob) VALUES (?, ?)", list(functions.items())
             )
-            for row in rows:
-                db.execute(
-                    """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
-                        params_blob, priority, dependencies, max_attempts, timeout, description, status,
-                        created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
-                        max_memory_mb)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?)""",
+            db.executemany(
+                """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
+                    params_blob, priority, dependencies, max_attempts, timeout, description, status,
+                    created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
+                    max_memory_mb)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?)""",
+                [
                     (
                         row["id"], row["name"], row["function_name"], row["function_module"],
                         row["function_key"], row["params"], row["params_blob"], row["priority"],
                         json.dumps(row["dependencies"]), row["max_attempts"], row["timeout"],
                         row["description"], row["created_at"], now, row["pass_parent_results"],
                         row["retry_delay"], int(row["retry_backoff"]), row["max_memory_mb"],
-                    ),
-                )
-                self._insert_edges(db, row["id"], row["dependencies"])
+                    )
+                    for row in rows
+                ],
+            )
+            db.executemany(
+                "INSERT INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
+                [(row["id"], dep, position) for row in rows for position, dep in enumerate(row["dependencies"])],
+            )
+            if bulk:
+                db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
 
     # -- queries for users ----------------------------------------------------------------------
 
@@ -416,27 +451,48 @@ class Store:
             db.execute(
                 f"DELETE FROM job_dependencies WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
             )
-            return db.execute(f"DELETE FROM jobs WHERE {where}", args).rowcount
+            deleted = db.execute(f"DELETE FROM jobs WHERE {where}", args).rowcount
+            if deleted:
+                db.execute("INSERT INTO job_changes (job_id) VALUES (NULL)")  # rowids may be reused
+            return deleted
 
     # -- the supervisor's operations ------------------------------------------------------------
 
-    def pending_jobs(self) -> List[sqlite3.Row]:
-        """Every pending job, with what the scheduler needs to order it."""
-        return self._read(
-            "SELECT id, priority, created_at, rowid AS seq, retry_after, dependencies "
-            "FROM jobs WHERE status = 'pending'"
-        )
+    def pending_ids(self) -> List[str]:
+        """The id of every pending job."""
+        return [r[0] for r in self._read("SELECT id FROM jobs WHERE status = 'pending'")]
 
-    def change_cursor(self) -> int:
-        """The newest change-log entry (0 when empty)."""
-        return self._read("SELECT COALESCE(MAX(seq), 0) FROM job_changes")[0][0]
+    def pending_states(self, chunk: int) -> Iterator[List[sqlite3.Row]]:
+        """What the scheduler needs of every pending job, `chunk` rows at a time."""
+        with self._lock:
+            cursor = self._conn.execute(f"SELECT {_STATE_FIELDS} FROM jobs WHERE status = 'pending'")
+            while True:
+                rows = cursor.fetchmany(chunk)
+                if not rows:
+                    return
+                yield rows
 
-    def changes_since(self, cursor: int) -> Optional[List[Tuple[int, str]]]:
-        """(seq, job id) of the changes after `cursor`; None when some were pruned."""
-        rows = self._read("SELECT seq, job_id FROM job_changes WHERE seq > ? ORDER BY seq", (cursor,))
-        if rows and rows[0][0] != cursor + 1:
+    def change_cursor(self) -> Tuple[int, int]:
+        """(newest change-log entry, highest job rowid): where to read new changes from."""
+        row = self._read(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM job_changes), (SELECT COALESCE(MAX(rowid), 0) FROM jobs)"
+        )[0]
+        return row[0], row[1]
+
+    def changes_since(self, cursor: Tuple[int, int]) -> Optional[Tuple[Tuple[int, int], List[sqlite3.Row]]]:
+        """The jobs inserted or changed (by anyone) after `cursor`, and the new cursor.
+
+        None when the log no longer reaches back to `cursor` (pruned, or rows were
+        deleted): the caller must read every pending job instead.
+        """
+        seq, rowid = cursor
+        changes = self._read("SELECT seq, job_id FROM job_changes WHERE seq > ? ORDER BY seq", (seq,))
+        if changes and (changes[0][0] != seq + 1 or any(r[1] is None for r in changes)):
             return None
-        return [(r[0], r[1]) for r in rows]
+        inserted = self._read(f"SELECT {_STATE_FIELDS} FROM jobs WHERE rowid > ?", (rowid,))
+        changed = self.job_states(list({r[1] for r in changes}))
+        new_cursor = (changes[-1][0] if changes else seq, max([rowid] + [r["seq"] for r in inserted]))
+        return new_cursor, inserted + changed
 
     def prune_changes(self) -> None:
         """Keep only the newest CHANGES_KEPT change-log entries."""
@@ -451,39 +507,40 @@ class Store:
         found: List[sqlite3.Row] = []
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            found += self._read(
-                "SELECT id, status, priority, created_at, rowid AS seq, retry_after, dependencies "
-                f"FROM jobs WHERE id IN ({marks})",
-                chunk,
-            )
+            found += self._read(f"SELECT {_STATE_FIELDS} FROM jobs WHERE id IN ({marks})", chunk)
         return found
 
-    def claim(self, job_ids: Sequence[str], worker_id: str) -> List[Tuple[sqlite3.Row, str]]:
-        """Move pending jobs to running and open an attempt for each; skip jobs no longer pending.
+    def claim(self, jobs: Sequence[Tuple[str, int]], worker_id: str) -> List[Tuple[sqlite3.Row, "AttemptRef"]]:
+        """Move pending jobs, given as (id, rowid), to running and open an attempt for each;
+        skip jobs no longer pending. Rows are found by rowid: no index lookup per job.
 
-        Returns (job row, execution id) for each job claimed, in the order of `job_ids`.
+        Returns (job row, attempt) for each job claimed, in the order given.
         """
         now = now_iso()
+        wanted = dict(jobs)
         rows: Dict[str, sqlite3.Row] = {}
         with self.transaction() as db:
-            for chunk in _chunks(list(job_ids)):
+            for chunk in _chunks([seq for _, seq in jobs]):
                 marks = ",".join("?" * len(chunk))
                 for row in db.execute(
                     f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
                             started_at = ?, updated_at = ?, retry_after = NULL
-                        WHERE id IN ({marks}) AND +status = 'pending' RETURNING {_CLAIM_FIELDS}""",
+                        WHERE rowid IN ({marks}) AND +status = 'pending' RETURNING rowid, {_CLAIM_FIELDS}""",
                     (worker_id, now, now, *chunk),
                 ).fetchall():
+                    if wanted.get(row["id"]) != row["rowid"]:
+                        raise RuntimeError(f"job at rowid {row['rowid']} is {row['id']}, not the job claimed")
                     rows[row["id"]] = row
             claimed = []
-            for job_id in job_ids:
+            for job_id, seq in jobs:
                 if job_id in rows:
                     self._attempt_count += 1
-                    claimed.append((rows[job_id], f"{self._attempt_prefix}-{self._attempt_count}"))
+                    execution_id = f"{self._attempt_prefix}-{self._attempt_count:010d}"
+                    claimed.append((rows[job_id], AttemptRef(job_id, seq, execution_id, worker_id)))
             db.executemany(
                 "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
                 "VALUES (?, ?, ?, 'running', ?, ?)",
-                [(execution_id, row["id"], worker_id, now, row["attempts"]) for row, execution_id in claimed],
+                [(ref.execution_id, ref.job_id, worker_id, now, row["attempts"]) for row, ref in claimed],
             )
         return claimed
 
@@ -491,36 +548,29 @@ class Store:
         rows = self._read("SELECT blob FROM functions WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def record_success(
-        self,
-        job_id: str,
-        execution_id: str,
-        worker_id: str,
-        pid: Optional[int],
-        text: Optional[str],
-        blob: Optional[bytes],
-    ) -> bool:
-        """running -> completed with its result; False when the job was no longer ours."""
+    # Each of these closes one attempt. The job row is found by rowid and must still be
+    # running under this attempt's supervisor; False when it no longer was.
+    _OURS = "WHERE rowid = ? AND +id = ? AND +status = 'running' AND worker_id = ?"
+
+    def record_success(self, ref: "AttemptRef", pid: Optional[int], text: Optional[str], blob: Optional[bytes]) -> bool:
+        """running -> completed with its result."""
         now = now_iso()
         with self.transaction() as db:
             done = db.execute(
-                """UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, error = NULL,
-                        completed_at = ?, updated_at = ?
-                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
-                (text, blob, now, now, job_id, worker_id),
+                "UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, error = NULL, "
+                f"completed_at = ?, updated_at = ? {self._OURS}",
+                (text, blob, now, now, *ref.job_key),
             ).rowcount
             db.execute(
                 "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ? "
                 "WHERE id = ?",
-                (now, text, pid, execution_id),
+                (now, text, pid, ref.execution_id),
             )
         return bool(done)
 
     def record_failure(
         self,
-        job_id: str,
-        execution_id: str,
-        worker_id: str,
+        ref: "AttemptRef",
         pid: Optional[int],
         attempt_status: str,
         error: str,
@@ -532,42 +582,36 @@ class Store:
         final = job_status in FINAL
         with self.transaction() as db:
             done = db.execute(
-                """UPDATE jobs SET status = ?, error = ?, retry_after = ?, updated_at = ?,
-                        completed_at = ?
-                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
-                (job_status, error, retry_after, now, now if final else None, job_id, worker_id),
+                f"UPDATE jobs SET status = ?, error = ?, retry_after = ?, updated_at = ?, completed_at = ? {self._OURS}",
+                (job_status, error, retry_after, now, now if final else None, *ref.job_key),
             ).rowcount
             db.execute(
                 "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ? WHERE id = ?",
-                (attempt_status, now, error, pid, execution_id),
+                (attempt_status, now, error, pid, ref.execution_id),
             )
         return bool(done)
 
-    def record_interrupted(
-        self, job_id: str, execution_id: str, worker_id: str, pid: Optional[int], reason: str
-    ) -> bool:
+    def record_interrupted(self, ref: "AttemptRef", pid: Optional[int], reason: str) -> bool:
         """A stop killed this attempt: the job is pending again and the attempt is not counted."""
         now = now_iso()
         with self.transaction() as db:
             done = db.execute(
-                """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
-                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
-                (now, job_id, worker_id),
+                f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? {self._OURS}",
+                (now, *ref.job_key),
             ).rowcount
             db.execute(
                 "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ?, pid = ? "
                 "WHERE id = ?",
-                (now, reason, pid, execution_id),
+                (now, reason, pid, ref.execution_id),
             )
         return bool(done)
 
-    def release_unstarted(self, job_id: str, execution_id: str, worker_id: str) -> bool:
+    def release_unstarted(self, ref: "AttemptRef") -> bool:
         """A claimed job never started (its worker process ended first): pending again, no attempt."""
         with self.transaction() as db:
             done = db.execute(
-                """UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ?
-                   WHERE id = ? AND +status = 'running' AND worker_id = ?""",
-                (now_iso(), job_id, worker_id),
+                f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? {self._OURS}",
+                (now_iso(), *ref.job_key),
             ).rowcount
-            db.execute("DELETE FROM job_executions WHERE id = ?", (execution_id,))
+            db.execute("DELETE FROM job_executions WHERE id = ?", (ref.execution_id,))
         return bool(done)

@@ -19,18 +19,19 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Set
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, TimedOut, Unstarted, WorkerLost
 from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
 from .scheduler import Scheduler, order_key
-from .store import Store
+from .store import AttemptRef, Store
 
 logger = logging.getLogger("gigq_mp.supervisor")
 
@@ -39,9 +40,10 @@ RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never sh
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
 QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
-CLAIM_AHEAD = 16  # short jobs claimed beyond the free slots, so one commit covers many
+CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
+RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
-FLUSH_SECONDS = 0.005  # the longest a recorded outcome waits in an open transaction
+FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
@@ -52,7 +54,7 @@ class Attempt:
 
     job_id: str
     name: str
-    execution_id: str
+    ref: AttemptRef
     number: int
     max_attempts: int
     timeout: float
@@ -64,8 +66,9 @@ class Attempt:
 
 
 def decode_ids(text: Optional[str]) -> List[str]:
-    """A JSON list of job ids (most jobs have none: skip the parser)."""
-    return [] if not text or text == "[]" else json.loads(text)
+    """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
+    is then one string however many children name it."""
+    return [] if not text or text == "[]" else [sys.intern(i) for i in json.loads(text)]
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -111,7 +114,7 @@ class Supervisor:
         self._functions: Dict[str, Optional[bytes]] = {}
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
         self._version: Optional[int] = None
-        self._cursor: Optional[int] = None  # how far we have read the change log
+        self._cursor: Optional[Tuple[int, int]] = None  # how far we have read the change log
         self._last_sync = float("-inf")
         self._stop = threading.Event()
         self._cold = threading.Event()
@@ -233,34 +236,30 @@ class Supervisor:
         if not force and self._cursor is not None:
             changes = self.store.changes_since(self._cursor)
             if changes is not None:
-                if changes:
-                    self._cursor = changes[-1][0]
-                    self._apply_changes({job_id for _, job_id in changes})
+                self._cursor, rows = changes
+                self._apply_changes(rows)
                 return
-            logger.info("the change log was pruned past this supervisor; rescanning pending jobs")
+            logger.info("the change log no longer reaches this supervisor's cursor; rescanning")
         self._cursor = self.store.change_cursor()
         self._rescan()
 
     def _rescan(self) -> None:
-        pending_ids = set()
-        new_rows = []
-        for row in self.store.pending_jobs():
-            job_id = row["id"]
-            if self.scope is not None and job_id not in self.scope:
-                continue
-            pending_ids.add(job_id)
-            if job_id not in self.scheduler:
-                new_rows.append(row)
+        """Read every pending job: ids first, then their rows a chunk at a time, so a
+        100,000-job DAG never holds all its rows in memory at once."""
+        pending_ids = {sys.intern(i) for i in self.store.pending_ids()}
+        if self.scope is not None:
+            pending_ids &= self.scope
         for job_id in self.scheduler.pending_ids() - pending_ids:
             self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
-        self._track(new_rows)
+        for rows in self.store.pending_states(RESCAN_CHUNK):
+            self._track([r for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler], pending_ids)
         self._resolve_external_parents()
         self._refresh_targets()
 
-    def _apply_changes(self, job_ids: Set[str]) -> None:
+    def _apply_changes(self, rows: list) -> None:
         """Jobs that were inserted or changed status, by anyone (our own changes included)."""
         new_rows = []
-        for row in self.store.job_states(list(job_ids)):
+        for row in {row["id"]: row for row in rows}.values():  # a new job may also have changed
             job_id, status = row["id"], row["status"]
             if job_id in self.running:
                 continue
@@ -279,17 +278,23 @@ class Supervisor:
                     self._forget(self.store.cascade(job_id, status))
         self._track(new_rows)
 
-    def _track(self, rows: list) -> None:
+    def _track(self, rows: list, also_pending: Set[str] = frozenset()) -> None:
+        """Start tracking pending jobs. A parent counts as unfinished if tracked here, among
+        `rows` or in `also_pending`; otherwise its status is read."""
         deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
-        unknown = {p for deps in deps_of.values() for p in deps if p not in self.scheduler and p not in deps_of}
+
+        def pending(job_id: str) -> bool:
+            return job_id in self.scheduler or job_id in deps_of or job_id in also_pending
+
+        unknown = {p for deps in deps_of.values() for p in deps if not pending(p)}
         statuses = self.store.statuses(list(unknown))
         wall, mono = datetime.now(), self.clock()
         blocked = []
         for row in rows:
-            job_id, deps = row["id"], deps_of[row["id"]]
+            job_id, deps = sys.intern(row["id"]), deps_of[row["id"]]
             unfinished = []
             for parent in deps:
-                status = "pending" if (parent in self.scheduler or parent in deps_of) else None
+                status = "pending" if pending(parent) else None
                 if status is None and parent in statuses:
                     status = statuses[parent]["status"]
                 if status is None or status in BLOCKING:
@@ -370,7 +375,7 @@ class Supervisor:
         job_ids = self.scheduler.pop_ready(now, want)
         if not job_ids:
             return False
-        claimed = self.store.claim(job_ids, self.worker_id)
+        claimed = self.store.claim([(j, self.scheduler.sequence(j)) for j in job_ids], self.worker_id)
         taken = {row["id"] for row, _ in claimed}
         for job_id in job_ids:
             if job_id not in taken:
@@ -378,18 +383,18 @@ class Supervisor:
         parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
         results = self.store.results([p for deps in parents.values() for p in deps])
         self._buffer.extend(
-            self._prepare(row, execution_id, parents[row["id"]], results) for row, execution_id in claimed
+            self._prepare(row, ref, parents[row["id"]], results) for row, ref in claimed
         )
         return bool(claimed)
 
-    def _prepare(self, row, execution_id: str, parents: List[str], results: dict) -> RunJob:
+    def _prepare(self, row, ref: AttemptRef, parents: List[str], results: dict) -> RunJob:
         key = row["function_key"] or f"{row['function_module']}:{row['function_name']}"
         if key not in self._functions:
             self._functions[key] = self.store.function_blob(key) if row["function_key"] else None
         self.running[row["id"]] = Attempt(
             job_id=row["id"],
             name=row["name"],
-            execution_id=execution_id,
+            ref=ref,
             number=row["attempts"],
             max_attempts=row["max_attempts"],
             timeout=float(row["timeout"]),
@@ -444,7 +449,7 @@ class Supervisor:
             self._failed(attempt, "timeout", event.error)
         elif isinstance(event, Unstarted):
             del self.running[attempt.job_id]
-            if self.store.release_unstarted(attempt.job_id, attempt.execution_id, self.worker_id):
+            if self.store.release_unstarted(attempt.ref):
                 self.scheduler.retry(attempt.job_id, None)
             else:
                 self.scheduler.discard(attempt.job_id)
@@ -464,9 +469,7 @@ class Supervisor:
         self._ended(attempt)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_success(
-            attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, event.result_text, event.result_blob
-        ):
+        if self.store.record_success(attempt.ref, attempt.pid, event.result_text, event.result_blob):
             self.scheduler.parent_completed(attempt.job_id)
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
@@ -477,9 +480,7 @@ class Supervisor:
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
             retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
-            if self.store.record_failure(
-                attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, kind, error, "pending", retry_after
-            ):
+            if self.store.record_failure(attempt.ref, attempt.pid, kind, error, "pending", retry_after):
                 self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
             else:
                 self.scheduler.discard(attempt.job_id)
@@ -487,9 +488,7 @@ class Supervisor:
             return
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_failure(
-            attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, kind, error, kind
-        ):
+        if self.store.record_failure(attempt.ref, attempt.pid, kind, error, kind):
             self._forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
@@ -537,11 +536,9 @@ class Supervisor:
             for attempt in self.running.values():
                 self.scheduler.discard(attempt.job_id)
                 if attempt.started is None:
-                    self.store.release_unstarted(attempt.job_id, attempt.execution_id, self.worker_id)
+                    self.store.release_unstarted(attempt.ref)
                 else:
-                    self.store.record_interrupted(
-                        attempt.job_id, attempt.execution_id, self.worker_id, attempt.pid, reason
-                    )
+                    self.store.record_interrupted(attempt.ref, attempt.pid, reason)
             self.running.clear()
 
     def close(self) -> None:

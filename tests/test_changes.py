@@ -27,7 +27,7 @@ def count_calls(monkeypatch, cls, name):
 
 
 def test_jobs_submitted_while_running_are_found_without_rescans(monkeypatch, db_path):
-    rescans = count_calls(monkeypatch, Store, "pending_jobs")
+    rescans = count_calls(monkeypatch, Store, "pending_ids")
     queue = JobQueue(db_path)
     with WorkerThread(Worker(db_path, polling_interval=0.05, concurrency=2)):
         ids = []
@@ -57,3 +57,15 @@ def test_requeue_and_cancel_from_another_process_reach_a_running_supervisor(db_p
     assert queue.get_result(child) == 3
     assert queue.get_status(gate)["status"] == "pending"  # interrupted by the stop, attempt not counted
     assert queue.get_status(gate)["attempts"] == 0
+
+
+def test_jobs_submitted_after_clear_completed_are_still_found(db_path):
+    queue = JobQueue(db_path)
+    with WorkerThread(Worker(db_path, polling_interval=0.05, concurrency=1)):
+        first = [queue.submit(Job(f"a{i}", jobs.add, params={"a": i, "b": 0})) for i in range(3)]
+        wait_terminal(queue, first, timeout=20)
+        assert queue.clear_completed() == 3  # deletes the highest rowids: new rows may reuse them
+        later = [queue.submit(Job(f"b{i}", jobs.add, params={"a": i, "b": 10})) for i in range(3)]
+        statuses = wait_terminal(queue, later, timeout=20)
+    assert set(statuses.values()) == {"completed"}
+    assert [queue.get_result(i) for i in later] == [10, 11, 12]

@@ -69,3 +69,22 @@ def test_external_parents_are_reported():
     s.add("a", key(0, 1), [])
     s.add("b", key(0, 2), ["a", "elsewhere"])
     assert s.external_parents() == {"elsewhere"}
+
+
+def test_a_job_discarded_and_added_again_still_waits_for_every_parent():
+    s = Scheduler()
+    s.add("child", key(0, 3), ["a", "b"])
+    s.discard("child")  # e.g. cancelled by a cascade, later revived by requeue_job
+    s.add("child", key(0, 3), ["a", "b"])
+    s.parent_completed("a")
+    assert s.pop_ready(0.0, 5) == []  # a stale entry from the first add must not count twice
+    s.parent_completed("b")
+    assert s.pop_ready(0.0, 5) == ["child"]
+
+
+def test_ties_in_priority_go_to_the_older_created_at_then_submission_order():
+    s = Scheduler()
+    s.add("newer", order_key(0, "2026-01-02T00:00:00", 1), [])
+    s.add("older", order_key(0, "2026-01-01T00:00:00", 2), [])
+    s.add("older-later-row", order_key(0, "2026-01-01T00:00:00", 3), [])
+    assert s.pop_ready(0.0, 5) == ["older", "older-later-row", "newer"]
