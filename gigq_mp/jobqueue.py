@@ -16,7 +16,7 @@ from .model import FINAL, Job, JobStatus, check_job_options, status_value
 from .serialize import decode_value, describe_callable, dump_callable, encode_value
 from .store import Store
 
-_HIDDEN_COLUMNS = ("params_blob", "result_blob", "function_key")
+_HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key")
 
 
 def topological_order(jobs: Sequence[Job]) -> List[Job]:
@@ -91,7 +91,7 @@ def decode_job(row, executions: Optional[list] = None) -> Dict[str, Any]:
     job = {k: row[k] for k in row.keys() if k not in _HIDDEN_COLUMNS}
     job["params"] = decode_value(row["params"], row["params_blob"])
     job["dependencies"] = json.loads(row["dependencies"]) if row["dependencies"] else []
-    job["result"] = decode_value(row["result"], row["result_blob"])
+    job["result"] = decode_value(row["result"], row["result_blob"], row["result_path"])
     if row["pass_parent_results"] is not None:
         job["pass_parent_results"] = bool(row["pass_parent_results"])
     if executions is not None:
@@ -149,7 +149,7 @@ class JobQueue:
             raise KeyError(job_id)
         if row["status"] != JobStatus.COMPLETED.value:
             return None
-        return decode_value(row["result"], row["result_blob"])
+        return decode_value(row["result"], row["result_blob"], row["result_path"])
 
     def list_jobs(self, status: Any = None, limit: int = 100) -> List[Dict[str, Any]]:
         """Jobs newest first, optionally only those with `status` (a JobStatus or its value)."""

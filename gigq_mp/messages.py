@@ -19,6 +19,7 @@ class WorkerInit:
 
     sys_path: Tuple[str, ...]
     cwd: str
+    results_dir: Optional[str]  # where large results are written (None: keep them inline)
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class RunJob:
     function_name: str
     params_text: Optional[str]
     params_blob: Optional[bytes]
-    # (parent id, result text, result blob) in the order of the job's dependencies.
-    parent_results: Tuple[Tuple[str, Optional[str], Optional[bytes]], ...]
+    # (parent id, result text, result blob, result file) in the order of the job's dependencies.
+    parent_results: Tuple[Tuple[str, Optional[str], Optional[bytes], Optional[str]], ...]
     pass_parent_results: Optional[bool]
 
 
@@ -57,12 +58,13 @@ class Accepted:
 
 @dataclass(frozen=True)
 class JobSucceeded:
-    """The job returned; its result is already encoded (JSON text or pickle bytes)."""
+    """The job returned; its result is already encoded (JSON text, pickle bytes or a file)."""
 
     job_id: str
     attempt: int
     result_text: Optional[str]
     result_blob: Optional[bytes]
+    result_path: Optional[str]
 
 
 @dataclass(frozen=True)

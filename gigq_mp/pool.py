@@ -55,7 +55,7 @@ class Executor(Protocol):
 class WorkerProcess:
     """One worker process: its pipe, the jobs it holds, and a mirror of its function cache."""
 
-    def __init__(self) -> None:
+    def __init__(self, results_dir: Optional[str]) -> None:
         ours, theirs = socket.socketpair()
         self.popen = subprocess.Popen(
             [sys.executable, "-c", _RUNNER_CODE, str(theirs.fileno())],
@@ -65,7 +65,7 @@ class WorkerProcess:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
-        self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd()))
+        self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir))
         self.pid = self.popen.pid
         self.jobs: Deque[RunJob] = collections.deque()  # the first one runs, the rest wait
         self.functions = FunctionCache()
@@ -114,11 +114,19 @@ class WorkerProcess:
 class LocalPool:
     """A fixed number of worker processes on this machine."""
 
-    def __init__(self, size: int, *, kill_grace: float = 0.1, max_tasks_per_worker: Optional[int] = None):
+    def __init__(
+        self,
+        size: int,
+        *,
+        kill_grace: float = 0.1,
+        max_tasks_per_worker: Optional[int] = None,
+        results_dir: Optional[str] = None,
+    ):
         if size < 1:
             raise ValueError(f"a pool needs at least 1 worker process, got {size}")
         self.kill_grace = kill_grace
         self.max_tasks_per_worker = max_tasks_per_worker
+        self.results_dir = results_dir
         self.workers: List[WorkerProcess] = []
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
@@ -126,7 +134,7 @@ class LocalPool:
             self._add_worker()
 
     def _add_worker(self) -> None:
-        worker = WorkerProcess()
+        worker = WorkerProcess(self.results_dir)
         self.workers.append(worker)
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 

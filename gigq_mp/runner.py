@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Optional
 
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
-from .serialize import decode_value, encode_value, load_callable
+from .serialize import decode_value, encode_result, load_callable
 
 FUNCTION_CACHE_SIZE = 64
 ORPHAN_CHECK_SECONDS = 0.5
@@ -77,12 +77,14 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
     if message.parent_results and (inject or (inject is None and wants_parent_results(function))):
         params = dict(params)
         params["parent_results"] = {
-            parent_id: decode_value(text, blob) for parent_id, text, blob in message.parent_results
+            parent_id: decode_value(text, blob, path) for parent_id, text, blob, path in message.parent_results
         }
     return function(**params)
 
 
-def answer(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> Any:
+def answer(
+    message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes], results_dir: Optional[str]
+) -> Any:
     """Run one attempt and build the reply; never raises."""
     try:
         result = run_job(message, functions, pickled)
@@ -95,11 +97,12 @@ def answer(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes])
             + "\n\n"
             + traceback.format_exc(),
         )
+    spill = None if results_dir is None else os.path.join(results_dir, f"{message.job_id}.{message.attempt}.pickle")
     try:
-        text, blob = encode_value(result, what="result")
+        text, blob, path = encode_result(result, spill)
     except Exception as exc:
         return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc))
-    return JobSucceeded(message.job_id, message.attempt, text, blob)
+    return JobSucceeded(message.job_id, message.attempt, text, blob, path)
 
 
 def kill_own_descendants() -> None:
@@ -126,7 +129,7 @@ def watch_supervisor(supervisor_pid: int) -> None:
             os._exit(70)
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, results_dir: Optional[str]) -> None:
     """Answer RunJob messages until the pipe closes or a None arrives.
 
     Messages travel in lists both ways, so one write can carry several jobs, or
@@ -150,7 +153,7 @@ def serve(conn: Connection) -> None:
             return
         outbox.append(Accepted(job.job_id, job.attempt, os.getpid()))
         conn.send(outbox)  # the timeout clock starts now, so this cannot wait
-        outbox = [answer(job, functions, pickled)]
+        outbox = [answer(job, functions, pickled, results_dir)]
         if not receive(conn, jobs, pickled, block=False):
             conn.send(outbox)
             return
@@ -185,7 +188,7 @@ def main() -> None:
     threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     status = 0
     try:
-        serve(conn)
+        serve(conn, init.results_dir)
     except BaseException:
         traceback.print_exc()
         status = 1

@@ -11,14 +11,20 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import pickle
-from typing import Any, Callable, Optional, Tuple
+import struct
+from typing import Any, Callable, List, Optional, Tuple
 
 import cloudpickle
 
 from .errors import SerializationError
 
 Encoded = Tuple[Optional[str], Optional[bytes]]
+StoredResult = Tuple[Optional[str], Optional[bytes], Optional[str]]  # text, blob, file path
+
+SPILL_BYTES = 1 << 20  # pickled results this large go to a file
+_SPILL_MAGIC = b"gigq_mp-result-1\n"
 
 _JSON_SCALARS = (str, int, bool, type(None))
 
@@ -49,13 +55,58 @@ def encode_value(value: Any, what: str = "value") -> Encoded:
         ) from exc
 
 
-def decode_value(text: Optional[str], blob: Optional[bytes]) -> Any:
-    """Inverse of encode_value; (None, None) decodes to None."""
+def decode_value(text: Optional[str], blob: Optional[bytes], path: Optional[str] = None) -> Any:
+    """Inverse of encode_value and encode_result; nothing set decodes to None."""
+    if path is not None:
+        return load_spilled(path)
     if blob is not None:
         return pickle.loads(blob)
     if text is None:
         return None
     return json.loads(text)
+
+
+def encode_result(value: Any, spill_path: Optional[str]) -> StoredResult:
+    """Encode a job's result; a large pickle is written to `spill_path` (when given)."""
+    if is_exact_json(value) or spill_path is None:
+        text, blob = encode_value(value, what="result")
+        return text, blob, None
+    buffers: List[pickle.PickleBuffer] = []
+    try:
+        head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(
+            f"result of type {type(value).__name__} cannot be serialized: {type(exc).__name__}: {exc}"
+        ) from exc
+    views = [b.raw() for b in buffers]
+    if len(head) + sum(v.nbytes for v in views) < SPILL_BYTES:
+        return None, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), None
+    os.makedirs(os.path.dirname(spill_path), mode=0o700, exist_ok=True)
+    partial = spill_path + ".partial"
+    with open(partial, "wb") as f:
+        f.write(_SPILL_MAGIC + struct.pack("<QI", len(head), len(views)) + head)
+        for view in views:
+            f.write(struct.pack("<Q", view.nbytes))
+            f.write(view)
+    os.replace(partial, spill_path)
+    return None, None, spill_path
+
+
+def load_spilled(path: str) -> Any:
+    """Read a result written by encode_result; its buffers are read straight into memory."""
+    with open(path, "rb") as f:
+        if f.read(len(_SPILL_MAGIC)) != _SPILL_MAGIC:
+            raise SerializationError(f"{path} is not a gigq_mp result file")
+        head_len, count = struct.unpack("<QI", f.read(12))
+        head = f.read(head_len)
+        buffers = []
+        for _ in range(count):
+            (size,) = struct.unpack("<Q", f.read(8))
+            buffer = bytearray(size)
+            if f.readinto(buffer) != size:
+                raise SerializationError(f"result file {path} is truncated")
+            buffers.append(buffer)
+    return pickle.loads(head, buffers=buffers)
 
 
 def dump_callable(function: Callable) -> Tuple[str, bytes]:

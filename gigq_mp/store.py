@@ -11,7 +11,11 @@ guarded UPDATE whose row count is checked.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import uuid
 import weakref
@@ -20,6 +24,9 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 
 from .errors import GigqMpError, ValidationError
 from .model import FINAL, now_iso
+from .serialize import StoredResult
+
+logger = logging.getLogger("gigq_mp.store")
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +78,7 @@ _ADDED_COLUMNS = {
         ("function_key", "TEXT"),
         ("params_blob", "BLOB"),
         ("result_blob", "BLOB"),
+        ("result_path", "TEXT"),
         ("retry_backoff", "INTEGER DEFAULT 0"),
         ("max_memory_mb", "REAL"),
         ("blocked_by", "TEXT"),
@@ -151,6 +159,14 @@ def close_all() -> None:
         store.close()
 
 
+def remove_file(path: str) -> None:
+    """Delete a result file that nothing refers to any more."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        logger.debug("result file %s was already gone", path)
+
+
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -163,6 +179,8 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction()
+        self._results_dir: Optional[str] = None
+        self._owns_results_dir = False  # a throwaway directory of an in-memory database
         # Attempt ids: a random prefix per connection and a counter (uuid4 per attempt is slow).
         self._attempt_prefix = uuid.uuid4().hex[:16]
         self._attempt_count = 0
@@ -279,6 +297,8 @@ class Store:
         with self._lock:
             self._conn.close()
         _open_stores.discard(self)
+        if self._owns_results_dir and self._results_dir is not None:
+            shutil.rmtree(self._results_dir, ignore_errors=True)
 
     def data_version(self) -> int:
         """Changes when another connection commits a write (PRAGMA data_version)."""
@@ -365,17 +385,29 @@ class Store:
                 found[row["id"]] = row
         return found
 
-    def results(self, ids: Sequence[str]) -> Dict[str, Tuple[Optional[str], Optional[bytes]]]:
-        """id -> encoded result (text, blob) of those ids that are completed."""
-        found: Dict[str, Tuple[Optional[str], Optional[bytes]]] = {}
+    def results(self, ids: Sequence[str]) -> Dict[str, StoredResult]:
+        """id -> encoded result (text, blob, file) of those ids that are completed."""
+        found: Dict[str, StoredResult] = {}
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             for row in self._read(
-                f"SELECT id, result, result_blob FROM jobs WHERE +status = 'completed' AND id IN ({marks})",
+                "SELECT id, result, result_blob, result_path FROM jobs "
+                f"WHERE +status = 'completed' AND id IN ({marks})",
                 chunk,
             ):
-                found[row[0]] = (row[1], row[2])
+                found[row[0]] = (row[1], row[2], row[3])
         return found
+
+    def results_dir(self) -> str:
+        """Where large result files go: beside the database (the worker process that first
+        needs it creates it), or a throwaway directory for an in-memory database."""
+        if self._results_dir is None:
+            if self.path in ("", ":memory:") or self.path.startswith("file:"):
+                self._results_dir = tempfile.mkdtemp(prefix="gigq_mp-results-")
+                self._owns_results_dir = True
+            else:
+                self._results_dir = os.path.abspath(self.path) + "-results"
+        return self._results_dir
 
     # -- user actions ---------------------------------------------------------------------------
 
@@ -451,10 +483,13 @@ class Store:
             db.execute(
                 f"DELETE FROM job_dependencies WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
             )
+            files = [r[0] for r in db.execute(f"SELECT result_path FROM jobs WHERE {where} AND result_path IS NOT NULL", args)]
             deleted = db.execute(f"DELETE FROM jobs WHERE {where}", args).rowcount
             if deleted:
                 db.execute("INSERT INTO job_changes (job_id) VALUES (NULL)")  # rowids may be reused
-            return deleted
+        for path in files:
+            remove_file(path)
+        return deleted
 
     # -- the supervisor's operations ------------------------------------------------------------
 
@@ -552,14 +587,15 @@ class Store:
     # running under this attempt's supervisor; False when it no longer was.
     _OURS = "WHERE rowid = ? AND +id = ? AND +status = 'running' AND worker_id = ?"
 
-    def record_success(self, ref: "AttemptRef", pid: Optional[int], text: Optional[str], blob: Optional[bytes]) -> bool:
+    def record_success(self, ref: "AttemptRef", pid: Optional[int], result: StoredResult) -> bool:
         """running -> completed with its result."""
         now = now_iso()
+        text, blob, path = result
         with self.transaction() as db:
             done = db.execute(
-                "UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, error = NULL, "
-                f"completed_at = ?, updated_at = ? {self._OURS}",
-                (text, blob, now, now, *ref.job_key),
+                "UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, result_path = ?, "
+                f"error = NULL, completed_at = ?, updated_at = ? {self._OURS}",
+                (text, blob, path, now, now, *ref.job_key),
             ).rowcount
             db.execute(
                 "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ? "

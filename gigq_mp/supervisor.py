@@ -31,7 +31,7 @@ from .messages import Accepted, JobFailed, JobSucceeded, RunJob, TimedOut, Unsta
 from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
 from .scheduler import Scheduler, order_key
-from .store import AttemptRef, Store
+from .store import AttemptRef, Store, remove_file
 
 logger = logging.getLogger("gigq_mp.supervisor")
 
@@ -103,7 +103,9 @@ class Supervisor:
         self.scope = scope
         self.clock = clock
         self._executor_factory = executor_factory or (
-            lambda: LocalPool(concurrency, max_tasks_per_worker=max_tasks_per_worker)
+            lambda: LocalPool(
+                concurrency, max_tasks_per_worker=max_tasks_per_worker, results_dir=store.results_dir()
+            )
         )
         self.executor: Optional[Executor] = None
         self.scheduler = Scheduler()
@@ -409,7 +411,7 @@ class Supervisor:
             function_name=row["function_name"],
             params_text=row["params"],
             params_blob=row["params_blob"],
-            parent_results=tuple((p, *results.get(p, (None, None))) for p in parents),
+            parent_results=tuple((p, *results.get(p, (None, None, None))) for p in parents),
             pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
         )
 
@@ -469,10 +471,13 @@ class Supervisor:
         self._ended(attempt)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_success(attempt.ref, attempt.pid, event.result_text, event.result_blob):
+        result = (event.result_text, event.result_blob, event.result_path)
+        if self.store.record_success(attempt.ref, attempt.pid, result):
             self.scheduler.parent_completed(attempt.job_id)
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
+            if event.result_path is not None:
+                remove_file(event.result_path)
 
     def _failed(self, attempt: Attempt, kind: str, error: str) -> None:
         self._ended(attempt)

@@ -371,3 +371,30 @@ def test_worker_processes_import_the_supervisors_gigq_mp_not_one_in_the_cwd(tmp_
     wf = Workflow("shadow")
     job = wf.add_job(Job("add", jobs.add, params={"a": 2, "b": 3}, max_attempts=1))
     assert wf.run(workers=1, timeout=30) == {job.id: 5}
+
+
+def big_bytes(size):
+    return bytes(range(256)) * (size // 256)
+
+
+def length_and_tail(parent_results):
+    (blob,) = parent_results.values()
+    return [len(blob), blob[-3:].hex()]
+
+
+def test_large_results_go_to_a_file_not_the_database_and_reach_dependents(queue, db_path):
+    size = 3 * 1024 * 1024
+    wf = Workflow("large")
+    big = wf.add_job(Job("big", big_bytes, params={"size": size}))
+    readers = [wf.add_job(Job(f"read{i}", length_and_tail), depends_on=[big]) for i in range(3)]
+    results = wf.run(queue, workers=2)
+    assert [results[r.id] for r in readers] == [[size, "fdfeff"]] * 3
+    conn = sqlite3.connect(db_path)
+    try:
+        blob, path = conn.execute("SELECT result_blob, result_path FROM jobs WHERE id = ?", (big.id,)).fetchone()
+    finally:
+        conn.close()
+    assert blob is None and path is not None and os.path.getsize(path) > size
+    assert queue.get_result(big.id) == big_bytes(size)
+    assert queue.clear_completed() == 4
+    assert not os.path.exists(path)
