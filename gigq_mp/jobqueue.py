@@ -129,9 +129,13 @@ class JobQueue:
         self.store.insert_jobs([rows[job.id] for job in ordered], functions)
         return [job.id for job in jobs]
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a pending job (and its pending descendants); False if it was not pending."""
-        return bool(self.store.cancel_pending(job_id))
+    def cancel(self, job_id: str, kill: bool = False) -> bool:
+        """Cancel a pending job (and its pending descendants); False if it was not pending.
+
+        With `kill=True` a running job is cancelled too: the supervisor running it kills
+        its process tree at its next turn (within about a second).
+        """
+        return bool(self.store.cancel(job_id, running_too=kill))
 
     def get_status(self, job_id: str) -> Dict[str, Any]:
         """The job's fields, decoded, with `exists` and its `executions` (oldest first)."""

@@ -95,9 +95,11 @@ class Unstarted:
 
 
 @dataclass(frozen=True)
-class TimedOut:
-    """The supervisor killed this attempt at its deadline."""
+class Killed:
+    """The supervisor killed this attempt's process tree: past its deadline (`status`
+    "timeout") or past its memory limit ("failed"). `error` says which and why."""
 
     job_id: str
     attempt: int
+    status: str
     error: str

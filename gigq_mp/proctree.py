@@ -106,6 +106,22 @@ def _killpg(group: int, sig: int) -> None:
         pass  # the group is empty
 
 
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes (0 if it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def describe_exit(returncode: int) -> str:
     """'killed by signal 9 (SIGKILL)' or 'exited with code 1', from a Popen returncode."""
     if returncode < 0:

@@ -24,7 +24,7 @@ from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
 
 FUNCTION_CACHE_SIZE = 64
-ORPHAN_CHECK_SECONDS = 0.5
+ORPHAN_CHECK_SECONDS = 0.25
 
 
 class FunctionCache:

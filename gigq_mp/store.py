@@ -22,7 +22,7 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from .errors import GigqMpError, ValidationError
+from .errors import GigqMpError
 from .model import FINAL, now_iso
 from .serialize import StoredResult
 
@@ -89,6 +89,10 @@ _ADDED_COLUMNS = {
 _OUR_TABLES = [
     "CREATE TABLE IF NOT EXISTS gigq_mp_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB NOT NULL)",
+    # Live supervisors, so that a new one can tell which `running` jobs lost theirs.
+    """CREATE TABLE IF NOT EXISTS supervisors (
+        id TEXT PRIMARY KEY, pid INTEGER NOT NULL, process_start REAL NOT NULL, host TEXT NOT NULL,
+        started_at TEXT NOT NULL, heartbeat TEXT NOT NULL)""",
     # Edges of the DAG, parent -> child lookups only (cascades); submission already
     # refuses duplicate dependencies, so no second index keeps them unique.
     """CREATE TABLE IF NOT EXISTS job_dependencies (
@@ -132,6 +136,7 @@ WITH RECURSIVE down(id) AS (
     SELECT d.job_id FROM job_dependencies d JOIN down ON d.depends_on = down.id
 )"""
 
+BUSY_SECONDS = 5.0  # SQLite's own wait for a lock, before we log and wait again
 CACHE_KIB = 16 * 1024  # SQLite page cache of a connection
 BULK_CACHE_KIB = 64 * 1024  # ... while a large submission inserts at random places in the indexes
 _CHUNK = 900  # stay far below SQLite's limit on bound variables
@@ -159,6 +164,22 @@ def close_all() -> None:
         store.close()
 
 
+def _create_private(path: str) -> None:
+    """Create a new database file readable and writable by its owner only: it holds pickled
+    code, so whoever can write it can run code as the supervisor's user."""
+    if path in ("", ":memory:") or path.startswith("file:") or os.path.exists(path):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise GigqMpError(f"cannot create database {path!r}: directory {directory!r} does not exist")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return  # created by someone else meanwhile: open it as it is
+    except OSError as exc:
+        raise GigqMpError(f"cannot create database {path!r}: {exc.strerror}") from exc
+
+
 def remove_file(path: str) -> None:
     """Delete a result file that nothing refers to any more."""
     try:
@@ -184,8 +205,9 @@ class Store:
         # Attempt ids: a random prefix per connection and a counter (uuid4 per attempt is slow).
         self._attempt_prefix = uuid.uuid4().hex[:16]
         self._attempt_count = 0
+        _create_private(path)
         try:
-            self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise GigqMpError(f"cannot open database {path!r}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row
@@ -200,8 +222,10 @@ class Store:
             self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             if initialize:
                 self._initialize()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, GigqMpError) as exc:
             self._conn.close()
+            if isinstance(exc, GigqMpError):
+                raise
             raise GigqMpError(f"{path!r} is not a usable gigq_mp database: {exc}") from exc
         _open_stores.add(self)
 
@@ -209,6 +233,13 @@ class Store:
 
     def _initialize(self) -> None:
         with self.transaction() as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'gigq_mp_meta'").fetchone():
+                row = db.execute("SELECT value FROM gigq_mp_meta WHERE key = 'schema_version'").fetchone()
+                if row is not None and int(row[0]) > SCHEMA_VERSION:
+                    raise GigqMpError(
+                        f"database {self.path!r} has schema version {row[0]}, newer than this "
+                        f"gigq_mp understands ({SCHEMA_VERSION}); upgrade gigq_mp"
+                    )
             db.execute(_GIGQ_JOBS)
             db.execute(_GIGQ_EXECUTIONS)
             had_edges = bool(
@@ -224,12 +255,6 @@ class Store:
             for ddl in _INDEXES:
                 db.execute(ddl)
             db.execute("DROP TRIGGER IF EXISTS job_changes_on_insert")
-            row = db.execute("SELECT value FROM gigq_mp_meta WHERE key = 'schema_version'").fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise ValidationError(
-                    f"database {self.path!r} has schema version {row[0]}, newer than this "
-                    f"gigq_mp understands ({SCHEMA_VERSION}); upgrade gigq_mp"
-                )
             db.execute(
                 "INSERT OR REPLACE INTO gigq_mp_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -253,7 +278,7 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             self._depth = 1
             try:
                 yield self._conn
@@ -267,9 +292,26 @@ class Store:
     def begin_batch(self) -> None:
         """Open a write transaction that stays open across calls until commit_batch()."""
         self._lock.acquire()
-        if self._depth == 0:
-            self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._depth == 0:
+                self._begin()
+        except BaseException:
+            self._lock.release()
+            raise
         self._depth += 1
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting as long as another process holds the write lock."""
+        waited = 0.0
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                waited += BUSY_SECONDS
+                logger.warning("database %s is locked by another process (%.0f s so far); waiting", self.path, waited)
 
     def commit_batch(self) -> None:
         """Close the batch opened by begin_batch(), committing when it is the outermost."""
@@ -411,14 +453,16 @@ class Store:
 
     # -- user actions ---------------------------------------------------------------------------
 
-    def cancel_pending(self, job_id: str) -> List[str]:
-        """Cancel a pending job and its pending descendants; [] when the job was not pending."""
+    def cancel(self, job_id: str, running_too: bool = False) -> List[str]:
+        """Cancel a pending job (or a running one, with `running_too`: its supervisor sees the
+        change and kills it) and its pending descendants; [] when nothing was cancelled."""
         now = now_iso()
+        statuses = ("pending", "running") if running_too else ("pending",)
         with self.transaction() as db:
             done = db.execute(
                 "UPDATE jobs SET status = 'cancelled', updated_at = ?, completed_at = ?, "
-                "error = 'cancelled by user' WHERE id = ? AND +status = 'pending'",
-                (now, now, job_id),
+                f"error = 'cancelled by user' WHERE id = ? AND +status IN ({','.join('?' * len(statuses))})",
+                (now, now, job_id, *statuses),
             ).rowcount
             if not done:
                 return []
@@ -506,6 +550,54 @@ class Store:
                 if not rows:
                     return
                 yield rows
+
+    def register_supervisor(self, supervisor_id: str, pid: int, process_start: float, host: str) -> None:
+        now = now_iso()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO supervisors (id, pid, process_start, host, started_at, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (supervisor_id, pid, process_start, host, now, now),
+            )
+
+    def heartbeat(self, supervisor_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE supervisors SET heartbeat = ? WHERE id = ?", (now_iso(), supervisor_id))
+
+    def unregister_supervisor(self, supervisor_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM supervisors WHERE id = ?", (supervisor_id,))
+
+    def supervisors(self) -> List[sqlite3.Row]:
+        return self._read("SELECT * FROM supervisors")
+
+    def orphaned_running_jobs(self) -> List[sqlite3.Row]:
+        """Running jobs with their supervisor's registration (NULL columns when it has none)."""
+        return self._read(
+            "SELECT j.id, j.rowid AS seq, j.worker_id, j.started_at, j.timeout, s.id AS supervisor "
+            "FROM jobs j LEFT JOIN supervisors s ON s.id = j.worker_id WHERE j.status = 'running'"
+        )
+
+    def reclaim(self, jobs: Sequence[sqlite3.Row], reason: str) -> int:
+        """Put running jobs of a dead supervisor back to pending; their open attempt is
+        recorded as interrupted and not counted. Returns how many were reclaimed."""
+        now = now_iso()
+        count = 0
+        with self.transaction() as db:
+            for job in jobs:
+                done = db.execute(
+                    "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? "
+                    "WHERE rowid = ? AND +id = ? AND +status = 'running' AND worker_id IS ?",
+                    (now, job["seq"], job["id"], job["worker_id"]),
+                ).rowcount
+                if done:
+                    count += 1
+                    db.execute(
+                        "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ? "
+                        "WHERE job_id = ? AND status = 'running'",
+                        (now, reason.format(worker_id=job["worker_id"]), job["id"]),
+                    )
+        return count
 
     def change_cursor(self) -> Tuple[int, int]:
         """(newest change-log entry, highest job rowid): where to read new changes from."""
@@ -641,6 +733,14 @@ class Store:
                 (now, reason, pid, ref.execution_id),
             )
         return bool(done)
+
+    def close_attempt(self, ref: "AttemptRef", pid: Optional[int], status: str, error: str) -> None:
+        """Close an attempt whose job row someone else already changed."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ? WHERE id = ?",
+                (status, now_iso(), error, pid, ref.execution_id),
+            )
 
     def release_unstarted(self, ref: "AttemptRef") -> bool:
         """A claimed job never started (its worker process ended first): pending again, no attempt."""

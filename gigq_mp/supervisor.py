@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -27,9 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
-from .messages import Accepted, JobFailed, JobSucceeded, RunJob, TimedOut, Unstarted, WorkerLost
+import psutil
+
+from .messages import Accepted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
 from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
+from .proctree import tree_rss
 from .scheduler import Scheduler, order_key
 from .store import AttemptRef, Store, remove_file
 
@@ -43,6 +47,9 @@ QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
 CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
 RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
+MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
+HEARTBEAT_SECONDS = 5.0  # how often a supervisor says it is alive
+RECLAIM_SECONDS = 2.0  # how often an idle supervisor looks for jobs of dead supervisors
 FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
@@ -60,9 +67,19 @@ class Attempt:
     timeout: float
     retry_delay: float
     retry_backoff: bool
+    max_memory_mb: Optional[float] = None
     started: Optional[float] = None  # when the worker process accepted the job (clock time)
     deadline: Optional[float] = None
     pid: Optional[int] = None
+    peak_mb: float = 0.0
+
+
+def _seconds_since(timestamp: Optional[str]) -> float:
+    """Seconds since a GigQ-style ISO timestamp (infinite when unknown)."""
+    try:
+        return (datetime.now() - datetime.fromisoformat(timestamp)).total_seconds()
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 def decode_ids(text: Optional[str]) -> List[str]:
@@ -94,6 +111,8 @@ class Supervisor:
         targets: Optional[Set[str]] = None,
         executor_factory: Optional[Callable[[], Executor]] = None,
         max_tasks_per_worker: Optional[int] = None,
+        max_memory_mb: Optional[float] = None,
+        heartbeat_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
@@ -102,6 +121,11 @@ class Supervisor:
         self.grace_period = grace_period
         self.scope = scope
         self.clock = clock
+        self.max_memory_mb = max_memory_mb  # for jobs that set none
+        self.heartbeat_timeout = heartbeat_timeout  # when a supervisor on another host counts as dead
+        self._next_memory_check = 0.0
+        self._last_heartbeat = float("-inf")
+        self._last_reclaim = float("-inf")
         self._executor_factory = executor_factory or (
             lambda: LocalPool(
                 concurrency, max_tasks_per_worker=max_tasks_per_worker, results_dir=store.results_dir()
@@ -155,6 +179,8 @@ class Supervisor:
         events: list = []
         batch_since: Optional[float] = None
         try:
+            self._register()
+            self._reclaim_from_dead()
             self._sync(force=True)
             while True:
                 now = self.clock()
@@ -164,6 +190,7 @@ class Supervisor:
                 for event in events:
                     self._handle(event)
                 self._sync()
+                self._housekeeping(now)
                 done = self.finished_attempts - started
                 finished = self._stop.is_set() or (until is not None and until())
                 budget = None
@@ -184,12 +211,81 @@ class Supervisor:
                     timeout = min(timeout, max(0.0, batch_since + FLUSH_SECONDS - now))
                 events = self._wait(timeout)
             self._drain()
+        except KeyboardInterrupt:
+            if batch_since is not None:
+                self._close_batch_after_error()
+            self._stop_after_interrupt()
+            raise
         except BaseException:
             if batch_since is not None:
                 self._close_batch_after_error()
             self._abort()
             raise
         return self.finished_attempts - started
+
+    def _stop_after_interrupt(self) -> None:
+        """Ctrl-C: stop as for stop() (running jobs get the grace period); a second Ctrl-C
+        during the grace period stops at once. Either way no worker process is left."""
+        logger.warning("interrupted: giving running jobs %g s to finish (Ctrl-C again to kill them)", self.grace_period)
+        try:
+            self._stop.set()
+            self._release_buffer()
+            self._drain()
+        finally:
+            self._abort()
+
+    # -- registration, heartbeat, jobs of dead supervisors --------------------------------------
+
+    def _register(self) -> None:
+        me = psutil.Process()
+        self.store.register_supervisor(self.worker_id, me.pid, me.create_time(), socket.gethostname())
+        self._last_heartbeat = self.clock()
+
+    def _housekeeping(self, now: float) -> None:
+        """Heartbeat; and, when idle, take back the jobs of supervisors that died."""
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self.store.heartbeat(self.worker_id)
+            self._last_heartbeat = now
+        if not self.running and not self._buffer and now - self._last_reclaim >= RECLAIM_SECONDS:
+            if self.scheduler.ready_count(now) == 0 and self._reclaim_from_dead():
+                self._sync(force=True)
+
+    def _reclaim_from_dead(self) -> int:
+        """Running jobs whose supervisor is provably dead go back to pending."""
+        self._last_reclaim = self.clock()
+        orphans = [row for row in self.store.orphaned_running_jobs() if row["worker_id"] != self.worker_id]
+        if not orphans:
+            return 0
+        registered = {row["id"]: row for row in self.store.supervisors()}
+        alive: Dict[str, bool] = {}
+        dead_jobs = []
+        for job in orphans:
+            owner = job["worker_id"]
+            if owner not in registered:
+                # Not a registered supervisor (GigQ's worker, say): trust it until the job's timeout.
+                if _seconds_since(job["started_at"]) > float(job["timeout"] or 0):
+                    dead_jobs.append(job)
+                continue
+            if owner not in alive:
+                alive[owner] = self._is_alive(registered[owner])
+            if not alive[owner]:
+                dead_jobs.append(job)
+        count = self.store.reclaim(dead_jobs, "interrupted: its supervisor {worker_id} died")
+        for owner, is_alive in alive.items():
+            if not is_alive:
+                self.store.unregister_supervisor(owner)
+        if count:
+            logger.warning("took back %d jobs left running by dead supervisors", count)
+        return count
+
+    def _is_alive(self, registration) -> bool:
+        if registration["host"] == socket.gethostname():
+            try:
+                started = psutil.Process(registration["pid"]).create_time()
+            except psutil.NoSuchProcess:
+                return False
+            return abs(started - registration["process_start"]) < 1.0  # else the pid was reused
+        return _seconds_since(registration["heartbeat"]) < self.heartbeat_timeout
 
     def _close_batch_after_error(self) -> None:
         """Keep the outcomes already applied (their jobs left `running`); roll back if we cannot."""
@@ -203,11 +299,13 @@ class Supervisor:
         """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed."""
         events = self._ensure_executor().wait(timeout, [self._wake_r])
         self._drain_wake()
-        return events + self._expire(self.clock())
+        return events + self._enforce_limits(self.clock())
 
     def _wait_timeout(self, now: float) -> float:
         candidates = [self.polling_interval]
         candidates += [a.deadline - now for a in self.running.values() if a.deadline is not None]
+        if any(a.max_memory_mb for a in self.running.values()):
+            candidates.append(self._next_memory_check - now)
         eligible = self.scheduler.next_eligible_at()
         if eligible is not None:
             candidates.append(eligible - now)
@@ -264,6 +362,8 @@ class Supervisor:
         for row in {row["id"]: row for row in rows}.values():  # a new job may also have changed
             job_id, status = row["id"], row["status"]
             if job_id in self.running:
+                if status != "running":
+                    self._taken_away(self.running[job_id], status)
                 continue
             if status == "pending":
                 if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
@@ -402,6 +502,7 @@ class Supervisor:
             timeout=float(row["timeout"]),
             retry_delay=float(row["retry_delay"] or 0),
             retry_backoff=bool(row["retry_backoff"]),
+            max_memory_mb=row["max_memory_mb"] or self.max_memory_mb,
         )
         return RunJob(
             job_id=row["id"],
@@ -447,8 +548,8 @@ class Supervisor:
             self._succeeded(attempt, event)
         elif isinstance(event, (JobFailed, WorkerLost)):
             self._failed(attempt, "failed", event.error)
-        elif isinstance(event, TimedOut):
-            self._failed(attempt, "timeout", event.error)
+        elif isinstance(event, Killed):
+            self._failed(attempt, event.status, event.error)
         elif isinstance(event, Unstarted):
             del self.running[attempt.job_id]
             if self.store.release_unstarted(attempt.ref):
@@ -497,16 +598,49 @@ class Supervisor:
             self._forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
-    def _expire(self, now: float) -> list:
-        """Kill the process tree of every attempt past its deadline; return the events to record."""
+    def _taken_away(self, attempt: Attempt, status: str) -> None:
+        """Someone else changed a job while it ran here (cancel(kill=True), most often):
+        stop it, and close its attempt without touching the job's row."""
+        self._ended(attempt)
+        self.scheduler.discard(attempt.job_id)
+        if status in FINAL:
+            self.open_targets.discard(attempt.job_id)
+        queued = [run for run in self._buffer if run.job_id == attempt.job_id]
+        for run in queued:
+            self._buffer.remove(run)
+        events = self._ensure_executor().kill(attempt.job_id) if attempt.started is not None else []
+        outcome = "cancelled" if status == "cancelled" else "interrupted"
+        self.store.close_attempt(attempt.ref, attempt.pid, outcome, f"job became {status} while it ran here")
+        for event in events:
+            self._handle(event)
+
+    def _enforce_limits(self, now: float) -> list:
+        """Kill the process tree of every attempt past its deadline or its memory limit;
+        return the events to record."""
         events: list = []
+        check_memory = now >= self._next_memory_check
+        if check_memory:
+            self._next_memory_check = now + MEMORY_CHECK_SECONDS
         for attempt in list(self.running.values()):
-            if attempt.deadline is not None and now >= attempt.deadline:
-                events.extend(self._ensure_executor().kill(attempt.job_id))
-                message = f"timed out after {attempt.timeout:g} s; its worker process tree was killed"
-                events.append(TimedOut(attempt.job_id, attempt.number, message))
-                attempt.deadline = None  # killed once; its TimedOut event ends it
+            if attempt.deadline is None:
+                continue  # not started, or already killed
+            if now >= attempt.deadline:
+                error = f"timed out after {attempt.timeout:g} s; its worker process tree was killed"
+                events += self._kill(attempt, Killed(attempt.job_id, attempt.number, "timeout", error))
+            elif check_memory and attempt.max_memory_mb and attempt.pid:
+                used_mb = tree_rss(attempt.pid) / 2**20
+                attempt.peak_mb = max(attempt.peak_mb, used_mb)
+                if used_mb > attempt.max_memory_mb:
+                    error = (
+                        f"exceeded memory limit of {attempt.max_memory_mb:g} MB (peak {attempt.peak_mb:.0f} MB); "
+                        "its worker process tree was killed"
+                    )
+                    events += self._kill(attempt, Killed(attempt.job_id, attempt.number, "failed", error))
         return events
+
+    def _kill(self, attempt: Attempt, reason: Killed) -> list:
+        attempt.deadline = None  # killed once; the event ends it
+        return self._ensure_executor().kill(attempt.job_id) + [reason]
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -555,6 +689,10 @@ class Supervisor:
         if self.executor is not None:
             executor, self.executor = self.executor, None
             executor.shutdown()
+        try:
+            self.store.unregister_supervisor(self.worker_id)
+        except Exception:  # a closed or broken store: our registration dies with us anyway
+            logger.debug("could not unregister supervisor %s", self.worker_id, exc_info=True)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

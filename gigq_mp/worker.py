@@ -16,7 +16,14 @@ logger = logging.getLogger("gigq_mp.worker")
 
 
 class Worker:
-    """Runs the jobs of one database with `concurrency` worker processes."""
+    """Runs the jobs of one database with `concurrency` worker processes.
+
+    Beyond GigQ's arguments: `grace_period` (seconds running jobs get after stop(),
+    SIGINT or SIGTERM before they are killed), `max_tasks_per_worker` (replace a
+    worker process after that many jobs), `max_memory_mb` (a memory limit for jobs
+    that set none) and `heartbeat_timeout` (when a supervisor on another host that
+    stopped beating counts as dead, and its running jobs are taken back).
+    """
 
     def __init__(
         self,
@@ -27,6 +34,8 @@ class Worker:
         *,
         grace_period: float = 5.0,
         max_tasks_per_worker: Optional[int] = None,
+        max_memory_mb: Optional[float] = None,
+        heartbeat_timeout: float = 60.0,
     ):
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -38,6 +47,8 @@ class Worker:
         self.concurrency = concurrency
         self.grace_period = grace_period
         self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_memory_mb = max_memory_mb
+        self.heartbeat_timeout = heartbeat_timeout
         self.running = False
         self._supervisor: Optional[Supervisor] = None
         self._lock = threading.Lock()
@@ -52,6 +63,8 @@ class Worker:
                     polling_interval=self.polling_interval,
                     grace_period=self.grace_period,
                     max_tasks_per_worker=self.max_tasks_per_worker,
+                    max_memory_mb=self.max_memory_mb,
+                    heartbeat_timeout=self.heartbeat_timeout,
                 )
             return self._supervisor
 

@@ -81,16 +81,18 @@ class Workflow:
                 worker_id=f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                 concurrency=workers or os.cpu_count() or 1,
                 polling_interval=0.5,
-                grace_period=0.0,  # run() ending early (timeout) interrupts its jobs at once
                 scope=set(ids) | outside,
                 targets=set(ids),
             )
             deadline = None if timeout is None else time.monotonic() + timeout
+
+            def finished() -> bool:
+                if deadline is not None and time.monotonic() >= deadline:
+                    supervisor.request_stop(cold=True)  # out of time: interrupt jobs, no grace
+                return not supervisor.open_targets
+
             try:
-                supervisor.run(
-                    until=lambda: not supervisor.open_targets
-                    or (deadline is not None and time.monotonic() >= deadline)
-                )
+                supervisor.run(until=finished)
             finally:
                 supervisor.close()
             return self._outcome(queue, ids, timeout)
