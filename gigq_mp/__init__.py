@@ -1,42 +1,48 @@
 """gigq_mp: run GigQ job graphs on a supervised pool of worker processes.
 
     from gigq_mp import task, Job, JobQueue, JobStatus, Workflow, Worker
+
+The queue, worker and workflow are imported on first use, so that a worker
+process, which imports `gigq_mp.runner` only, starts without loading SQLite or
+the supervisor.
 """
 
 from __future__ import annotations
 
-import atexit
+import importlib
 import logging
 import sys
-
-from .jobqueue import JobQueue
-from .model import Job, JobStatus
-from .store import close_all as _close_stores
-from .supervisor import close_all as _close_supervisors
-from .task import task
-from .worker import Worker
-from .workflow import Workflow
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Job",
-    "JobQueue",
-    "JobStatus",
-    "Worker",
-    "Workflow",
-    "close_connections",
-    "setup_logging",
-    "task",
-    "__version__",
-]
+from .model import Job, JobStatus
+from .task import task  # binds the name `task` to the decorator, not the submodule
+
+_EXPORTS = {"JobQueue": "jobqueue", "Worker": "worker", "Workflow": "workflow"}
+
+__all__ = ["Job", "JobStatus", "task", *_EXPORTS, "close_connections", "setup_logging", "__version__"]
 
 logging.getLogger("gigq_mp").addHandler(logging.NullHandler())
 
 
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gigq_mp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
 def close_connections() -> None:
     """Close every database connection this process opened."""
-    _close_stores()
+    from .store import close_all
+
+    close_all()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -49,6 +55,3 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
     logger.addHandler(handler)
-
-
-atexit.register(_close_supervisors)

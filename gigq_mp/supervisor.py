@@ -14,6 +14,7 @@ clock is a parameter so deadline logic can be tested on fake time.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import logging
@@ -706,3 +707,6 @@ def close_all() -> None:
     """Shut down every live supervisor's pool (at interpreter exit)."""
     for supervisor in list(_live):
         supervisor.close()
+
+
+atexit.register(close_all)
