@@ -20,6 +20,7 @@ class WorkerInit:
     sys_path: Tuple[str, ...]
     cwd: str
     results_dir: Optional[str]  # where large results are written (None: keep them inline)
+    capture_dir: Optional[str]  # where the job's stdout and stderr are captured (None: not captured)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class JobSucceeded:
     result_text: Optional[str]
     result_blob: Optional[bytes]
     result_path: Optional[str]
+    stdout: str = ""
+    stderr: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class JobFailed:
     attempt: int
     error_type: str
     error: str
+    stdout: str = ""
+    stderr: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class WorkerLost:
     job_id: str
     attempt: int
     error: str
+    stdout: str = ""
+    stderr: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,5 @@ class Killed:
     attempt: int
     status: str
     error: str
+    stdout: str = ""
+    stderr: str = ""

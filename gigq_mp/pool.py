@@ -22,13 +22,16 @@ import logging
 import os
 import select
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from multiprocessing.connection import Connection
-from typing import Deque, Dict, Iterable, List, Optional, Protocol
+from typing import Deque, Dict, Iterable, List, Optional, Protocol, Tuple
 
-from .messages import Accepted, JobBatch, RunJob, Unstarted, WorkerInit, WorkerLost
+from .capture import collect
+from .messages import Accepted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
 
@@ -37,6 +40,8 @@ logger = logging.getLogger("gigq_mp.pool")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` puts the current directory first on sys.path; replace it with the directory
 # this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
+MAX_FAILED_STARTS = 20
+
 _RUNNER_CODE = (
     f"import sys; sys.path[0] = {_PACKAGE_PARENT!r}; from gigq_mp.runner import main; main()"
 )
@@ -48,14 +53,14 @@ class Executor(Protocol):
     def free_slots(self, depth: int) -> int: ...
     def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
-    def kill(self, job_id: str) -> list: ...
+    def kill(self, job_id: str, status: str, error: str) -> list: ...
     def shutdown(self) -> None: ...
 
 
 class WorkerProcess:
     """One worker process: its pipe, the jobs it holds, and a mirror of its function cache."""
 
-    def __init__(self, results_dir: Optional[str]) -> None:
+    def __init__(self, results_dir: Optional[str], capture_dir: Optional[str]) -> None:
         ours, theirs = socket.socketpair()
         self.popen = subprocess.Popen(
             [sys.executable, "-c", _RUNNER_CODE, str(theirs.fileno())],
@@ -65,11 +70,16 @@ class WorkerProcess:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
-        self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir))
         self.pid = self.popen.pid
+        try:
+            self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir))
+        except OSError:
+            # Died at birth (killed from outside, say): its EOF reaches wait(), which replaces it.
+            logger.warning("worker process %d ended before it started", self.pid)
         self.jobs: Deque[RunJob] = collections.deque()  # the first one runs, the rest wait
         self.functions = FunctionCache()
         self.jobs_done = 0
+        self.answered = False  # has it ever sent a message?
 
     def send(self, runs: List[RunJob], pickled: Dict[str, Optional[bytes]]) -> None:
         """Send jobs in one write, with the callables this process does not hold yet."""
@@ -121,20 +131,23 @@ class LocalPool:
         kill_grace: float = 0.1,
         max_tasks_per_worker: Optional[int] = None,
         results_dir: Optional[str] = None,
+        capture_output: bool = True,
     ):
         if size < 1:
             raise ValueError(f"a pool needs at least 1 worker process, got {size}")
         self.kill_grace = kill_grace
         self.max_tasks_per_worker = max_tasks_per_worker
         self.results_dir = results_dir
+        self.capture_dir = tempfile.mkdtemp(prefix="gigq_mp-capture-") if capture_output else None
         self.workers: List[WorkerProcess] = []
+        self._failed_starts = 0  # worker processes in a row that died before answering
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
         for _ in range(size):
             self._add_worker()
 
     def _add_worker(self) -> None:
-        worker = WorkerProcess(self.results_dir)
+        worker = WorkerProcess(self.results_dir, self.capture_dir)
         self.workers.append(worker)
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
@@ -192,6 +205,8 @@ class LocalPool:
                 self._lost(worker, events)
                 return
             events.extend(messages)
+            worker.answered = True
+            self._failed_starts = 0
             finals = sum(1 for m in messages if not isinstance(m, Accepted))
             for _ in range(finals):
                 worker.jobs.popleft()  # a final answer for the job at the head
@@ -200,29 +215,47 @@ class LocalPool:
                 self._retire(worker)
                 self._add_worker()
                 worker.close(self.kill_grace + 1.0)
+                self._output(worker)
                 return
 
     def _lost(self, worker: WorkerProcess, events: list) -> None:
         self._retire(worker)
         returncode = worker.reap()
+        if not worker.answered:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                raise RuntimeError(
+                    f"{self._failed_starts} worker processes in a row ended before answering "
+                    f"(the last {describe_exit(returncode)}); is the Python environment broken?"
+                )
+        output = self._output(worker)
         if worker.jobs:
             head = worker.jobs.popleft()
-            events.append(WorkerLost(head.job_id, head.attempt, f"worker process {describe_exit(returncode)}"))
+            events.append(
+                WorkerLost(head.job_id, head.attempt, f"worker process {describe_exit(returncode)}", *output)
+            )
         else:
             logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
         events.extend(Unstarted(run.job_id, run.attempt) for run in worker.jobs)
         self._add_worker()
 
-    def kill(self, job_id: str) -> list:
-        """Kill the process tree running `job_id`, start a replacement; return `Unstarted` events
-        for the jobs that were sent ahead to the killed process."""
+    def kill(self, job_id: str, status: str, error: str) -> list:
+        """Kill the process tree running `job_id` and start a replacement. Returns a `Killed`
+        event for the job (with what it printed) and `Unstarted` events for the jobs that
+        were sent ahead to the killed process."""
         for worker in self.workers:
             if worker.jobs and worker.jobs[0].job_id == job_id:
                 self._retire(worker)
                 worker.kill(self.kill_grace)
                 self._add_worker()
-                return [Unstarted(run.job_id, run.attempt) for run in list(worker.jobs)[1:]]
+                head, *ahead = worker.jobs
+                killed = Killed(head.job_id, head.attempt, status, error, *self._output(worker))
+                return [killed] + [Unstarted(run.job_id, run.attempt) for run in ahead]
         return []
+
+    def _output(self, worker: WorkerProcess) -> Tuple[str, str]:
+        """What a retired worker process printed during its last job (its capture files go)."""
+        return collect(self.capture_dir, worker.pid) if self.capture_dir else ("", "")
 
     def _retire(self, worker: WorkerProcess) -> None:
         self.workers.remove(worker)
@@ -240,3 +273,5 @@ class LocalPool:
                 worker.close(1.0)
         self.workers.clear()
         self._selector.close()
+        if self.capture_dir:
+            shutil.rmtree(self.capture_dir, ignore_errors=True)

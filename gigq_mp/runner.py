@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Optional
 
+from .capture import OutputCapture
 from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
 
@@ -83,26 +84,30 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
 
 
 def answer(
-    message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes], results_dir: Optional[str]
+    message: RunJob,
+    functions: FunctionCache,
+    pickled: Dict[str, bytes],
+    results_dir: Optional[str],
+    capture: Optional[OutputCapture],
 ) -> Any:
     """Run one attempt and build the reply; never raises."""
+    if capture is not None:
+        capture.start()
     try:
         result = run_job(message, functions, pickled)
     except BaseException as exc:  # the job's failure, whatever it is, is the answer
-        return JobFailed(
-            message.job_id,
-            message.attempt,
-            type(exc).__name__,
-            "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            + "\n\n"
-            + traceback.format_exc(),
+        error = (
+            "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n\n" + traceback.format_exc()
         )
+        output = capture.stop() if capture is not None else ("", "")
+        return JobFailed(message.job_id, message.attempt, type(exc).__name__, error, *output)
+    output = capture.stop() if capture is not None else ("", "")
     spill = None if results_dir is None else os.path.join(results_dir, f"{message.job_id}.{message.attempt}.pickle")
     try:
         text, blob, path = encode_result(result, spill)
     except Exception as exc:
-        return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc))
-    return JobSucceeded(message.job_id, message.attempt, text, blob, path)
+        return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc), *output)
+    return JobSucceeded(message.job_id, message.attempt, text, blob, path, *output)
 
 
 def kill_own_descendants() -> None:
@@ -129,7 +134,7 @@ def watch_supervisor(supervisor_pid: int) -> None:
             os._exit(70)
 
 
-def serve(conn: Connection, results_dir: Optional[str]) -> None:
+def serve(conn: Connection, results_dir: Optional[str], capture: Optional[OutputCapture]) -> None:
     """Answer RunJob messages until the pipe closes or a None arrives.
 
     Messages travel in lists both ways, so one write can carry several jobs, or
@@ -153,7 +158,7 @@ def serve(conn: Connection, results_dir: Optional[str]) -> None:
             return
         outbox.append(Accepted(job.job_id, job.attempt, os.getpid()))
         conn.send(outbox)  # the timeout clock starts now, so this cannot wait
-        outbox = [answer(job, functions, pickled, results_dir)]
+        outbox = [answer(job, functions, pickled, results_dir, capture)]
         if not receive(conn, jobs, pickled, block=False):
             conn.send(outbox)
             return
@@ -188,7 +193,7 @@ def main() -> None:
     threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     status = 0
     try:
-        serve(conn, init.results_dir)
+        serve(conn, init.results_dir, OutputCapture(init.capture_dir) if init.capture_dir else None)
     except BaseException:
         traceback.print_exc()
         status = 1

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 
 from .errors import GigqMpError
 from .model import FINAL, now_iso
+from .capture import Output
 from .serialize import StoredResult
 
 logger = logging.getLogger("gigq_mp.store")
@@ -83,7 +84,7 @@ _ADDED_COLUMNS = {
         ("max_memory_mb", "REAL"),
         ("blocked_by", "TEXT"),
     ],
-    "job_executions": [("attempt", "INTEGER"), ("pid", "INTEGER")],
+    "job_executions": [("attempt", "INTEGER"), ("pid", "INTEGER"), ("stdout", "TEXT"), ("stderr", "TEXT")],
 }
 
 _OUR_TABLES = [
@@ -162,6 +163,11 @@ def close_all() -> None:
     """Close every store this process opened."""
     for store in list(_open_stores):
         store.close()
+
+
+def _stored_output(output: Output) -> Tuple[Optional[str], Optional[str]]:
+    """Captured output as stored: None for a stream the job did not write to."""
+    return (output[0] or None, output[1] or None)
 
 
 def _create_private(path: str) -> None:
@@ -679,8 +685,8 @@ class Store:
     # running under this attempt's supervisor; False when it no longer was.
     _OURS = "WHERE rowid = ? AND +id = ? AND +status = 'running' AND worker_id = ?"
 
-    def record_success(self, ref: "AttemptRef", pid: Optional[int], result: StoredResult) -> bool:
-        """running -> completed with its result."""
+    def record_success(self, ref: "AttemptRef", pid: Optional[int], result: StoredResult, output: Output) -> bool:
+        """running -> completed with its result (and what it printed)."""
         now = now_iso()
         text, blob, path = result
         with self.transaction() as db:
@@ -690,9 +696,9 @@ class Store:
                 (text, blob, path, now, now, *ref.job_key),
             ).rowcount
             db.execute(
-                "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ? "
-                "WHERE id = ?",
-                (now, text, pid, ref.execution_id),
+                "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ?, "
+                "stdout = ?, stderr = ? WHERE id = ?",
+                (now, text, pid, *_stored_output(output), ref.execution_id),
             )
         return bool(done)
 
@@ -700,6 +706,7 @@ class Store:
         self,
         ref: "AttemptRef",
         pid: Optional[int],
+        output: Output,
         attempt_status: str,
         error: str,
         job_status: str,
@@ -714,8 +721,9 @@ class Store:
                 (job_status, error, retry_after, now, now if final else None, *ref.job_key),
             ).rowcount
             db.execute(
-                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ? WHERE id = ?",
-                (attempt_status, now, error, pid, ref.execution_id),
+                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ?, stdout = ?, "
+                "stderr = ? WHERE id = ?",
+                (attempt_status, now, error, pid, *_stored_output(output), ref.execution_id),
             )
         return bool(done)
 
@@ -734,12 +742,13 @@ class Store:
             )
         return bool(done)
 
-    def close_attempt(self, ref: "AttemptRef", pid: Optional[int], status: str, error: str) -> None:
+    def close_attempt(self, ref: "AttemptRef", pid: Optional[int], status: str, error: str, output: Output) -> None:
         """Close an attempt whose job row someone else already changed."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ? WHERE id = ?",
-                (status, now_iso(), error, pid, ref.execution_id),
+                "UPDATE job_executions SET status = ?, completed_at = ?, error = ?, pid = ?, stdout = ?, "
+                "stderr = ? WHERE id = ?",
+                (status, now_iso(), error, pid, *_stored_output(output), ref.execution_id),
             )
 
     def release_unstarted(self, ref: "AttemptRef") -> bool:

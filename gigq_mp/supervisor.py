@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import heapq
 import json
 import logging
 import os
@@ -51,7 +52,8 @@ PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
 HEARTBEAT_SECONDS = 5.0  # how often a supervisor says it is alive
 RECLAIM_SECONDS = 2.0  # how often an idle supervisor looks for jobs of dead supervisors
-FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction
+FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction...
+PEER_FLUSH_SECONDS = 0.002  # ...or, with other supervisors on the database, holds its write lock
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
@@ -125,6 +127,9 @@ class Supervisor:
         self.max_memory_mb = max_memory_mb  # for jobs that set none
         self.heartbeat_timeout = heartbeat_timeout  # when a supervisor on another host counts as dead
         self._next_memory_check = 0.0
+        self._peers = 0  # other supervisors registered on this database
+        self._deadlines: List[Tuple[float, str, int]] = []  # heap of started attempts' deadlines
+        self._limited: Set[str] = set()  # started attempts with a memory limit
         self._last_heartbeat = float("-inf")
         self._last_reclaim = float("-inf")
         self._executor_factory = executor_factory or (
@@ -201,7 +206,7 @@ class Supervisor:
                 if finished:
                     self._release_buffer()
                 claimed = not finished and self._claim(now, budget)
-                if finished or claimed or now - batch_since >= FLUSH_SECONDS:
+                if finished or claimed or now - batch_since >= self._flush_seconds():
                     self.store.commit_batch()
                     batch_since = None
                 self._send()
@@ -209,7 +214,7 @@ class Supervisor:
                     break  # with max_attempts and nothing running, nothing was ready
                 timeout = self._wait_timeout(now)
                 if batch_since is not None:
-                    timeout = min(timeout, max(0.0, batch_since + FLUSH_SECONDS - now))
+                    timeout = min(timeout, max(0.0, batch_since + self._flush_seconds() - now))
                 events = self._wait(timeout)
             self._drain()
         except KeyboardInterrupt:
@@ -241,11 +246,13 @@ class Supervisor:
         me = psutil.Process()
         self.store.register_supervisor(self.worker_id, me.pid, me.create_time(), socket.gethostname())
         self._last_heartbeat = self.clock()
+        self._peers = len(self.store.supervisors()) - 1
 
     def _housekeeping(self, now: float) -> None:
         """Heartbeat; and, when idle, take back the jobs of supervisors that died."""
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self.store.heartbeat(self.worker_id)
+            self._peers = len(self.store.supervisors()) - 1
             self._last_heartbeat = now
         if not self.running and not self._buffer and now - self._last_reclaim >= RECLAIM_SECONDS:
             if self.scheduler.ready_count(now) == 0 and self._reclaim_from_dead():
@@ -288,6 +295,9 @@ class Supervisor:
             return abs(started - registration["process_start"]) < 1.0  # else the pid was reused
         return _seconds_since(registration["heartbeat"]) < self.heartbeat_timeout
 
+    def _flush_seconds(self) -> float:
+        return PEER_FLUSH_SECONDS if self._peers else FLUSH_SECONDS
+
     def _close_batch_after_error(self) -> None:
         """Keep the outcomes already applied (their jobs left `running`); roll back if we cannot."""
         try:
@@ -304,8 +314,9 @@ class Supervisor:
 
     def _wait_timeout(self, now: float) -> float:
         candidates = [self.polling_interval]
-        candidates += [a.deadline - now for a in self.running.values() if a.deadline is not None]
-        if any(a.max_memory_mb for a in self.running.values()):
+        if self._deadlines:
+            candidates.append(self._deadlines[0][0] - now)
+        if self._limited:
             candidates.append(self._next_memory_check - now)
         eligible = self.scheduler.next_eligible_at()
         if eligible is not None:
@@ -469,7 +480,8 @@ class Supervisor:
         slots = self._ensure_executor().free_slots(self._depth())
         if len(self._buffer) >= slots:
             return False
-        ahead = CLAIM_AHEAD if self._mean_duration < QUICK_JOB_SECONDS else 0
+        # Claiming ahead would starve other supervisors of the same database.
+        ahead = CLAIM_AHEAD if self._mean_duration < QUICK_JOB_SECONDS and not self._peers else 0
         want = slots + ahead - len(self._buffer)
         if budget is not None:
             want = min(want, budget)
@@ -544,13 +556,16 @@ class Supervisor:
         if isinstance(event, Accepted):
             attempt.started = self.clock()
             attempt.deadline = attempt.started + attempt.timeout
+            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.number))
             attempt.pid = event.pid
+            if attempt.max_memory_mb:
+                self._limited.add(attempt.job_id)
         elif isinstance(event, JobSucceeded):
             self._succeeded(attempt, event)
         elif isinstance(event, (JobFailed, WorkerLost)):
-            self._failed(attempt, "failed", event.error)
+            self._failed(attempt, "failed", event.error, (event.stdout, event.stderr))
         elif isinstance(event, Killed):
-            self._failed(attempt, event.status, event.error)
+            self._failed(attempt, event.status, event.error, (event.stdout, event.stderr))
         elif isinstance(event, Unstarted):
             del self.running[attempt.job_id]
             if self.store.release_unstarted(attempt.ref):
@@ -574,20 +589,20 @@ class Supervisor:
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         result = (event.result_text, event.result_blob, event.result_path)
-        if self.store.record_success(attempt.ref, attempt.pid, result):
+        if self.store.record_success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)):
             self.scheduler.parent_completed(attempt.job_id)
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
             if event.result_path is not None:
                 remove_file(event.result_path)
 
-    def _failed(self, attempt: Attempt, kind: str, error: str) -> None:
+    def _failed(self, attempt: Attempt, kind: str, error: str, output: Tuple[str, str]) -> None:
         self._ended(attempt)
         label = f"attempt {attempt.number} of {attempt.max_attempts}"
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
             retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
-            if self.store.record_failure(attempt.ref, attempt.pid, kind, error, "pending", retry_after):
+            if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, "pending", retry_after):
                 self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
             else:
                 self.scheduler.discard(attempt.job_id)
@@ -595,7 +610,7 @@ class Supervisor:
             return
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_failure(attempt.ref, attempt.pid, kind, error, kind):
+        if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind):
             self._forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
@@ -609,26 +624,32 @@ class Supervisor:
         queued = [run for run in self._buffer if run.job_id == attempt.job_id]
         for run in queued:
             self._buffer.remove(run)
-        events = self._ensure_executor().kill(attempt.job_id) if attempt.started is not None else []
+        error = f"job became {status} while it ran here"
+        events = self._ensure_executor().kill(attempt.job_id, status, error) if attempt.started is not None else []
         outcome = "cancelled" if status == "cancelled" else "interrupted"
-        self.store.close_attempt(attempt.ref, attempt.pid, outcome, f"job became {status} while it ran here")
+        output = next(((e.stdout, e.stderr) for e in events if isinstance(e, Killed)), ("", ""))
+        self.store.close_attempt(attempt.ref, attempt.pid, outcome, error, output)
         for event in events:
-            self._handle(event)
+            if not isinstance(event, Killed):
+                self._handle(event)
 
     def _enforce_limits(self, now: float) -> list:
         """Kill the process tree of every attempt past its deadline or its memory limit;
         return the events to record."""
         events: list = []
-        check_memory = now >= self._next_memory_check
-        if check_memory:
-            self._next_memory_check = now + MEMORY_CHECK_SECONDS
-        for attempt in list(self.running.values()):
-            if attempt.deadline is None:
-                continue  # not started, or already killed
-            if now >= attempt.deadline:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, job_id, number = heapq.heappop(self._deadlines)
+            attempt = self.running.get(job_id)
+            if attempt is not None and attempt.number == number and attempt.deadline == deadline:
                 error = f"timed out after {attempt.timeout:g} s; its worker process tree was killed"
-                events += self._kill(attempt, Killed(attempt.job_id, attempt.number, "timeout", error))
-            elif check_memory and attempt.max_memory_mb and attempt.pid:
+                events += self._kill(attempt, "timeout", error)
+        if self._limited and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_SECONDS
+            for job_id in list(self._limited):
+                attempt = self.running.get(job_id)
+                if attempt is None or attempt.deadline is None:
+                    self._limited.discard(job_id)  # ended, or already killed
+                    continue
                 used_mb = tree_rss(attempt.pid) / 2**20
                 attempt.peak_mb = max(attempt.peak_mb, used_mb)
                 if used_mb > attempt.max_memory_mb:
@@ -636,12 +657,12 @@ class Supervisor:
                         f"exceeded memory limit of {attempt.max_memory_mb:g} MB (peak {attempt.peak_mb:.0f} MB); "
                         "its worker process tree was killed"
                     )
-                    events += self._kill(attempt, Killed(attempt.job_id, attempt.number, "failed", error))
+                    events += self._kill(attempt, "failed", error)
         return events
 
-    def _kill(self, attempt: Attempt, reason: Killed) -> list:
-        attempt.deadline = None  # killed once; the event ends it
-        return self._ensure_executor().kill(attempt.job_id) + [reason]
+    def _kill(self, attempt: Attempt, status: str, error: str) -> list:
+        attempt.deadline = None  # killed once; the Killed event ends it
+        return self._ensure_executor().kill(attempt.job_id, status, error)
 
     # -- stopping -------------------------------------------------------------------------------
 

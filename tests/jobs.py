@@ -186,3 +186,96 @@ def ignore_sigterm_and_sleep(seconds, pidfile=None):
         append_line(pidfile, os.getpid())
     time.sleep(seconds)
     return "not killed"
+
+
+# --- reliability (crashes, interrupts, limits) ------------------------------
+
+def record_start_sleep_finish(path, tag, seconds):
+    """Append ``start TAG PID TIME``, sleep, append ``done TAG PID TIME``, return ``tag``."""
+    append_line(path, f"start {tag} {os.getpid()} {time.time()!r}")
+    time.sleep(seconds)
+    append_line(path, f"done {tag} {os.getpid()} {time.time()!r}")
+    return tag
+
+
+def hold_memory(mb, seconds=10.0):
+    """Hold ``mb`` MB of resident memory (every page written) for ``seconds``."""
+    block = b"x" * (int(mb) * 1024 * 1024)
+    time.sleep(seconds)
+    return len(block)
+
+
+def child_holds_memory(pidfile, mb, seconds=10.0):
+    """Start a child process that holds ``mb`` MB, record its pid, wait for it."""
+    code = f"import time; b = b'x' * ({int(mb)} * 1024 * 1024); time.sleep({seconds})"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    append_line(pidfile, child.pid)
+    child.wait()
+    return "not killed"
+
+
+def record_pids_with_grandchild_and_sleep(pidfile, seconds):
+    """Start a sleeping child, append ``OWN_PID CHILD_PID``, then sleep too."""
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    append_line(pidfile, f"{os.getpid()} {child.pid}")
+    time.sleep(seconds)
+    child.wait()
+    return "not killed"
+
+
+def chaos_step(log, tag, index, seconds, parent_results=None):
+    """(index + sum of the parents' results) mod 1_000_003, after ``seconds``.
+
+    Appends ``start TAG TIME`` first and ``done TAG TIME`` as the very last step."""
+    append_line(log, f"start {tag} {time.time()!r}")
+    time.sleep(seconds)
+    total = (index + sum((parent_results or {}).values())) % 1_000_003
+    append_line(log, f"done {tag} {time.time()!r}")
+    return total
+
+
+def wait_for_flag(path, tag, flag, seconds=60.0):
+    """Log ``start TAG PID TIME``, wait until ``flag`` exists (at most ``seconds``),
+    log ``done TAG PID TIME`` and return ``tag``."""
+    append_line(path, f"start {tag} {os.getpid()} {time.time()!r}")
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    append_line(path, f"done {tag} {os.getpid()} {time.time()!r}")
+    return tag
+
+
+def record_run_and_sleep(path, tag, seconds):
+    """Append ``tag`` to ``path``, sleep ``seconds`` and return ``tag``."""
+    append_line(path, tag)
+    time.sleep(seconds)
+    return tag
+
+
+# --- command line (issue 5) --------------------------------------------------
+
+def print_both(tag):
+    """Print to stdout and stderr, from Python and from child processes; return ``tag``."""
+    print(f"py-out-{tag}", flush=True)
+    print(f"py-err-{tag}", file=sys.stderr, flush=True)
+    subprocess.run(["echo", f"child-out-{tag}"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.stderr.write('child-err-{tag}\\n')"], check=True
+    )
+    return tag
+
+
+def fail_once_with_output(marker):
+    """First call (``marker`` absent): print, create ``marker``, raise. Later calls: print, return."""
+    if not os.path.exists(marker):
+        append_line(marker, "failed once")
+        print("first-attempt-stdout", flush=True)
+        print("first-attempt-stderr", file=sys.stderr, flush=True)
+        raise RuntimeError("first attempt fails")
+    print("second-attempt-stdout", flush=True)
+    return "ok"
+
+
+def echo_params(**kwargs):
+    """Return the keyword arguments it was called with."""
+    return dict(kwargs)

@@ -110,3 +110,117 @@ class WorkerThread:
             if exc_type is None:
                 raise
         return False
+
+
+def wait_until(predicate, timeout, what="a condition"):
+    """Poll ``predicate`` until it is true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def descendant_pids(pid):
+    """Pids of every live descendant of ``pid`` (empty if it is gone)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+# `python -c` body: Worker(db, **json kwargs).start(); READY before, STOPPED after.
+SUPERVISOR_CODE = (
+    "import json, sys\n"
+    "from gigq_mp import Worker\n"
+    "worker = Worker(sys.argv[1], **json.loads(sys.argv[2]))\n"
+    "print('READY', flush=True)\n"
+    "worker.start()\n"
+    "worker.close()\n"
+    "print('STOPPED', flush=True)\n"
+)
+
+
+class SupervisorProcess:
+    """A supervisor in a child process: ``Worker(db_path, **kwargs).start()``.
+
+    Its stdout and stderr go to files in ``out_dir`` (read with ``output()``).
+    Every pid seen among its descendants is kept in ``seen`` so a test can check
+    that none survives; ``cleanup()`` kills what is left and reaps the child."""
+
+    _count = 0
+
+    def __init__(self, db_path, out_dir, **worker_kwargs):
+        import json
+        import subprocess
+        import sys
+
+        SupervisorProcess._count += 1
+        base = os.path.join(str(out_dir), f"supervisor-{SupervisorProcess._count}")
+        self.out_path, self.err_path = base + ".out", base + ".err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-c", SUPERVISOR_CODE, str(db_path), json.dumps(worker_kwargs)],
+                env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            )
+        self.pid = self.popen.pid
+        self.seen = set()
+
+    def output(self):
+        parts = []
+        for path in (self.out_path, self.err_path):
+            try:
+                with open(path) as f:
+                    parts.append(f.read())
+            except FileNotFoundError:
+                parts.append("")
+        return f"supervisor pid={self.pid} rc={self.popen.poll()}\nstdout:\n{parts[0]}\nstderr:\n{parts[1][-4000:]}"
+
+    def stdout(self):
+        with open(self.out_path) as f:
+            return f.read()
+
+    def poll(self):
+        return self.popen.poll()
+
+    def descendants(self):
+        """Live descendants now (also added to ``seen``)."""
+        pids = descendant_pids(self.pid) if self.popen.poll() is None else []
+        self.seen.update(pids)
+        return pids
+
+    def signal(self, signum):
+        self.descendants()
+        self.popen.send_signal(signum)
+
+    def kill(self):
+        """SIGKILL the supervisor alone (not its workers) and reap it."""
+        self.descendants()
+        self.popen.kill()
+        self.popen.wait()
+
+    def wait(self, timeout):
+        return self.popen.wait(timeout)
+
+    def cleanup(self):
+        if self.popen.poll() is None:
+            self.descendants()
+            self.popen.kill()
+        self.popen.wait()
+        kill_pids(wait_pids_gone(sorted(self.seen), timeout=0.5))
+
+
+def supervisor_registered(db_path, pid):
+    """True once a supervisor with this pid is in the `supervisors` table (it registers
+    after installing its signal handlers, so SIGTERM/SIGINT are then handled)."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(db_path), timeout=30)
+    try:
+        return conn.execute("SELECT 1 FROM supervisors WHERE pid = ?", (pid,)).fetchone() is not None
+    except sqlite3.OperationalError:  # no such table yet
+        return False
+    finally:
+        conn.close()
