@@ -16,7 +16,7 @@ from .model import FINAL, Job, JobStatus, check_job_options, status_value
 from .serialize import decode_value, describe_callable, dump_callable, encode_value
 from .store import Store
 
-_HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key")
+_HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")
 
 
 def topological_order(jobs: Sequence[Job]) -> List[Job]:
@@ -112,12 +112,20 @@ class JobQueue:
         """Validate and store one job; returns its id."""
         return self.submit_many([job])[0]
 
-    def submit_many(self, jobs: Sequence[Job]) -> List[str]:
-        """Validate every job, then store them all in one transaction (or none)."""
+    def submit_many(
+        self, jobs: Sequence[Job], *, workflow: Optional[str] = None, job_keys: Optional[Dict[str, str]] = None
+    ) -> List[str]:
+        """Validate every job, then store them all in one transaction (or none).
+
+        `workflow` names the Workflow they belong to; `job_keys` are their resume keys.
+        """
         jobs = list(jobs)
         functions: Dict[str, bytes] = {}
         keys: Dict[int, str] = {}
         rows = {job.id: job_row(job, functions, keys) for job in jobs}
+        for job_id, row in rows.items():
+            row["workflow"] = workflow
+            row["job_key"] = (job_keys or {}).get(job_id)
         ordered = topological_order(jobs)
         already = self.store.existing_ids(list(rows))
         if already:

@@ -83,6 +83,8 @@ _ADDED_COLUMNS = {
         ("retry_backoff", "INTEGER DEFAULT 0"),
         ("max_memory_mb", "REAL"),
         ("blocked_by", "TEXT"),
+        ("job_key", "TEXT"),  # stable identity for resuming a workflow (resume.py)
+        ("workflow", "TEXT"),  # the name of the Workflow that submitted it
     ],
     "job_executions": [("attempt", "INTEGER"), ("pid", "INTEGER"), ("stdout", "TEXT"), ("stderr", "TEXT")],
 }
@@ -117,6 +119,7 @@ _INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_jobs_active ON jobs (status) WHERE status = 'pending' OR status = 'running'",
     "CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority)",
     "CREATE INDEX IF NOT EXISTS idx_jobs_blocked_by ON jobs (blocked_by)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_job_key ON jobs (job_key)",
     "CREATE INDEX IF NOT EXISTS idx_job_dependencies_parent ON job_dependencies (depends_on)",
     "CREATE INDEX IF NOT EXISTS idx_job_executions_job ON job_executions (job_id)",
 ]
@@ -361,6 +364,26 @@ class Store:
             [(job_id, dep, position) for position, dep in enumerate(deps)],
         )
 
+    def find_keys(self, keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+        """job key -> (id, status) of the newest job with that key."""
+        found: Dict[str, Tuple[str, str]] = {}
+        for chunk in _chunks(list(keys)):
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(
+                f"SELECT job_key, id, status, MAX(rowid) FROM jobs WHERE job_key IN ({marks}) GROUP BY job_key",
+                chunk,
+            ):
+                found[row[0]] = (row[1], row[2])
+        return found
+
+    def jobs_of(self, workflow: Optional[str]) -> List[sqlite3.Row]:
+        """Every job (of one workflow), oldest first: id, name, status, dependencies."""
+        if workflow is None:
+            return self._read("SELECT id, name, status, dependencies FROM jobs ORDER BY rowid")
+        return self._read(
+            "SELECT id, name, status, dependencies FROM jobs WHERE workflow = ? ORDER BY rowid", (workflow,)
+        )
+
     def existing_ids(self, ids: Sequence[str]) -> set:
         found: set = set()
         for chunk in _chunks(list(ids)):
@@ -382,8 +405,8 @@ class Store:
                 """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
                     params_blob, priority, dependencies, max_attempts, timeout, description, status,
                     created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
-                    max_memory_mb)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?)""",
+                    max_memory_mb, job_key, workflow)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?, ?, ?)""",
                 [
                     (
                         row["id"], row["name"], row["function_name"], row["function_module"],
@@ -391,6 +414,7 @@ class Store:
                         json.dumps(row["dependencies"]), row["max_attempts"], row["timeout"],
                         row["description"], row["created_at"], now, row["pass_parent_results"],
                         row["retry_delay"], int(row["retry_backoff"]), row["max_memory_mb"],
+                        row.get("job_key"), row.get("workflow"),
                     )
                     for row in rows
                 ],
@@ -446,11 +470,15 @@ class Store:
                 found[row[0]] = (row[1], row[2], row[3])
         return found
 
+    def is_temporary(self) -> bool:
+        """An in-memory database: nothing in it outlives this process."""
+        return self.path in ("", ":memory:") or self.path.startswith("file:")
+
     def results_dir(self) -> str:
         """Where large result files go: beside the database (the worker process that first
         needs it creates it), or a throwaway directory for an in-memory database."""
         if self._results_dir is None:
-            if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            if self.is_temporary():
                 self._results_dir = tempfile.mkdtemp(prefix="gigq_mp-results-")
                 self._owns_results_dir = True
             else:

@@ -48,6 +48,7 @@ QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
 QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
 CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
 RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
+PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
 HEARTBEAT_SECONDS = 5.0  # how often a supervisor says it is alive
@@ -116,6 +117,7 @@ class Supervisor:
         max_tasks_per_worker: Optional[int] = None,
         max_memory_mb: Optional[float] = None,
         heartbeat_timeout: float = 60.0,
+        progress: Optional[Callable[[dict], None]] = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
@@ -127,6 +129,10 @@ class Supervisor:
         self.max_memory_mb = max_memory_mb  # for jobs that set none
         self.heartbeat_timeout = heartbeat_timeout  # when a supervisor on another host counts as dead
         self._next_memory_check = 0.0
+        self.progress = progress  # called with counts every PROGRESS_SECONDS, and at the end
+        self._next_progress = 0.0
+        self._run_started = self.clock()
+        self.counts = collections.Counter()  # final outcomes recorded by this supervisor
         self._peers = 0  # other supervisors registered on this database
         self._deadlines: List[Tuple[float, str, int]] = []  # heap of started attempts' deadlines
         self._limited: Set[str] = set()  # started attempts with a memory limit
@@ -141,6 +147,7 @@ class Supervisor:
         self.scheduler = Scheduler()
         self.running: Dict[str, Attempt] = {}
         self.open_targets: Set[str] = set(targets or ())  # jobs run(until=...) waits for
+        self._targets = frozenset(targets or ())
         self.finished_attempts = 0
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
@@ -197,6 +204,7 @@ class Supervisor:
                     self._handle(event)
                 self._sync()
                 self._housekeeping(now)
+                self._report(now)
                 done = self.finished_attempts - started
                 finished = self._stop.is_set() or (until is not None and until())
                 budget = None
@@ -217,6 +225,7 @@ class Supervisor:
                     timeout = min(timeout, max(0.0, batch_since + self._flush_seconds() - now))
                 events = self._wait(timeout)
             self._drain()
+            self._report(self.clock(), final=True)
         except KeyboardInterrupt:
             if batch_since is not None:
                 self._close_batch_after_error()
@@ -294,6 +303,24 @@ class Supervisor:
                 return False
             return abs(started - registration["process_start"]) < 1.0  # else the pid was reused
         return _seconds_since(registration["heartbeat"]) < self.heartbeat_timeout
+
+    def _report(self, now: float, final: bool = False) -> None:
+        if self.progress is None or (not final and now < self._next_progress):
+            return
+        self._next_progress = now + PROGRESS_SECONDS
+        total = len(self._targets) if self._targets else None
+        self.progress(
+            {
+                "total": total,
+                "done": total - len(self.open_targets) if total is not None else sum(self.counts.values()),
+                "running": sum(1 for a in self.running.values() if a.started is not None),
+                "completed": self.counts["completed"],
+                "failed": self.counts["failed"] + self.counts["timeout"],
+                "cancelled": self.counts["cancelled"],
+                "elapsed": now - self._run_started,
+                "final": final,
+            }
+        )
 
     def _flush_seconds(self) -> float:
         return PEER_FLUSH_SECONDS if self._peers else FLUSH_SECONDS
@@ -459,7 +486,9 @@ class Supervisor:
                 self.open_targets.discard(job_id)
 
     def _forget(self, job_ids: Iterable[str]) -> None:
+        """Jobs that ended cancelled because an upstream job failed."""
         for job_id in job_ids:
+            self.counts["cancelled"] += 1
             self.scheduler.discard(job_id)
             self.open_targets.discard(job_id)
 
@@ -590,6 +619,7 @@ class Supervisor:
         self.open_targets.discard(attempt.job_id)
         result = (event.result_text, event.result_blob, event.result_path)
         if self.store.record_success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)):
+            self.counts["completed"] += 1
             self.scheduler.parent_completed(attempt.job_id)
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
@@ -611,6 +641,7 @@ class Supervisor:
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind):
+            self.counts[kind] += 1
             self._forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ValidationError, WaitTimeout, WorkflowFailed
 from .jobqueue import JobQueue
-from .model import Job
+from .model import BLOCKING, Job
+from .resume import ResumePlan, apply_resume, plan_resume
 from .serialize import decode_value
 from .supervisor import Supervisor
 from .task import TaskWrapper
@@ -22,6 +23,7 @@ class Workflow:
         self.name = name
         self.jobs: List[Job] = []
         self.job_map: Dict[str, Job] = {}
+        self.last_run: Dict[str, int] = {}  # counts of the last run(): total, reused, attempts
 
     def add_job(self, job: Job, depends_on: Optional[List[Job]] = None) -> Job:
         """Add `job`, running after every job of `depends_on`; returns the job."""
@@ -56,25 +58,64 @@ class Workflow:
 
     def submit_all(self, queue: JobQueue) -> List[str]:
         """Validate every job, then submit them all in one transaction; returns their ids."""
-        return queue.submit_many(self.jobs)
+        return queue.submit_many(self.jobs, workflow=self.name)
+
+    def prepare(self, queue: JobQueue, force: bool = False) -> ResumePlan:
+        """Submit what is not yet in `queue`, reusing the rows of jobs that ran before.
+
+        On a file database, a job whose callable, params and parents match a job
+        that ran before takes that job's id (a failed one is requeued) instead of
+        being submitted again; `force` submits every job anew. Returns the plan.
+        """
+        ids = [job.id for job in self.jobs]
+        present = queue.store.existing_ids(ids)
+        fresh = [job for job in self.jobs if job.id not in present]
+        if not fresh:
+            return ResumePlan({})
+        if queue.store.is_temporary():
+            queue.submit_many(fresh, workflow=self.name)
+            return ResumePlan({})
+        plan = plan_resume(queue.store, fresh, force)
+        apply_resume(fresh, plan)
+        for job in self.jobs:  # jobs submitted before point at the rows their parents reuse
+            job.dependencies = [plan.reuse.get(d, d) for d in job.dependencies]
+        self.job_map = {job.id: job for job in self.jobs}
+        for job_id, status in plan.status.items():
+            if status in BLOCKING:
+                queue.requeue_job(job_id)
+        queue.submit_many(
+            [job for job in fresh if job.id not in plan.status], workflow=self.name, job_keys=plan.keys
+        )
+        return plan
 
     def run(
-        self, queue: Optional[JobQueue] = None, workers: Optional[int] = None, timeout: Optional[float] = None
+        self,
+        queue: Optional[JobQueue] = None,
+        workers: Optional[int] = None,
+        timeout: Optional[float] = None,
+        *,
+        force: bool = False,
+        progress: Optional[Callable[[dict], None]] = None,
     ) -> Dict[str, Any]:
         """Submit what is not yet submitted, run every job to the end, return {job_id: result}.
 
-        Raises WorkflowFailed (with `.results` and `.failures`) if any job did not
-        complete, WaitTimeout if `timeout` seconds pass first. Without a queue the
-        jobs go to a throwaway in-memory database.
+        On a file database, jobs that completed in an earlier run of the same
+        workflow are reused, not run again (`force=True` runs everything). Raises
+        WorkflowFailed (with `.results` and `.failures`) if any job did not complete,
+        WaitTimeout if `timeout` seconds pass first. Without a queue the jobs go to a
+        throwaway in-memory database. `progress`, if given, is called now and then
+        with the counts of the run.
         """
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
         try:
+            self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
-            present = queue.store.existing_ids(ids)
-            queue.submit_many([job for job in self.jobs if job.id not in present])
+            before = queue.store.statuses(ids)
+            reused = sum(1 for row in before.values() if row["status"] == "completed")
+            self.last_run = {"total": len(ids), "reused": reused}
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
             supervisor = Supervisor(
                 queue.store,
@@ -83,6 +124,7 @@ class Workflow:
                 polling_interval=0.5,
                 scope=set(ids) | outside,
                 targets=set(ids),
+                progress=progress,
             )
             deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -95,10 +137,23 @@ class Workflow:
                 supervisor.run(until=finished)
             finally:
                 supervisor.close()
+            self.last_run["attempts"] = supervisor.finished_attempts
             return self._outcome(queue, ids, timeout)
         finally:
             if own_queue:
                 queue.close()
+
+    def to_mermaid(self, queue: Optional[JobQueue] = None) -> str:
+        """The DAG as Mermaid text (`graph TD`), each node labelled with its job's status."""
+        statuses = {}
+        if queue is not None:
+            statuses = {i: row["status"] for i, row in queue.store.statuses([j.id for j in self.jobs]).items()}
+        return mermaid(
+            [(job.id, job.name, statuses.get(job.id, "not submitted"), job.dependencies) for job in self.jobs]
+        )
+
+    def _repr_markdown_(self) -> str:
+        return f"```mermaid\n{self.to_mermaid()}\n```"
 
     def _outcome(self, queue: JobQueue, ids: List[str], timeout: Optional[float]) -> Dict[str, Any]:
         rows = queue.store.statuses(ids)
@@ -117,3 +172,21 @@ class Workflow:
         if failures:
             raise WorkflowFailed(results, failures)
         return results
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "#quot;").replace("\n", " ")
+
+
+def mermaid(nodes: Sequence[Tuple[str, str, str, Sequence[str]]]) -> str:
+    """Mermaid `graph TD` text for (id, name, status, dependency ids) nodes, in order;
+    dependencies outside the nodes are left out."""
+    numbers = {job_id: n for n, (job_id, _, _, _) in enumerate(nodes)}
+    lines = ["graph TD"]
+    for job_id, name, status, _ in nodes:
+        lines.append(f'  j{numbers[job_id]}["{_mermaid_text(name)}: {status}"]')
+    for job_id, _, _, dependencies in nodes:
+        for parent in dependencies:
+            if parent in numbers:
+                lines.append(f"  j{numbers[parent]} --> j{numbers[job_id]}")
+    return "\n".join(lines)
