@@ -263,6 +263,7 @@ def cmd_worker(args) -> int:
         worker_id=args.worker_id,
         polling_interval=args.polling_interval,
         concurrency=args.concurrency,
+        progress=None if args.quiet or args.once else ProgressLine(sys.stderr, "worker"),
     )
     if args.once:
         ran = worker.process_one()

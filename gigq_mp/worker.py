@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from .store import Store
 from .supervisor import Supervisor
@@ -21,8 +21,9 @@ class Worker:
     Beyond GigQ's arguments: `grace_period` (seconds running jobs get after stop(),
     SIGINT or SIGTERM before they are killed), `max_tasks_per_worker` (replace a
     worker process after that many jobs), `max_memory_mb` (a memory limit for jobs
-    that set none) and `heartbeat_timeout` (when a supervisor on another host that
-    stopped beating counts as dead, and its running jobs are taken back).
+    that set none), `heartbeat_timeout` (when a supervisor on another host that
+    stopped beating counts as dead, and its running jobs are taken back) and
+    `progress` (called now and then with counts, e.g. a `progress.ProgressLine`).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class Worker:
         max_tasks_per_worker: Optional[int] = None,
         max_memory_mb: Optional[float] = None,
         heartbeat_timeout: float = 60.0,
+        progress: Optional[Callable[[dict], None]] = None,
     ):
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -49,6 +51,7 @@ class Worker:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_memory_mb = max_memory_mb
         self.heartbeat_timeout = heartbeat_timeout
+        self.progress = progress
         self.running = False
         self._supervisor: Optional[Supervisor] = None
         self._lock = threading.Lock()
@@ -65,6 +68,7 @@ class Worker:
                     max_tasks_per_worker=self.max_tasks_per_worker,
                     max_memory_mb=self.max_memory_mb,
                     heartbeat_timeout=self.heartbeat_timeout,
+                    progress=self.progress,
                 )
             return self._supervisor
 
