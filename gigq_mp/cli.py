@@ -231,6 +231,7 @@ def cmd_stats(args) -> int:
 
 def cmd_cancel(args) -> int:
     queue = existing_queue(args.db)
+    job_status(queue, args.job_id)  # an unknown id is an error, not "could not cancel"
     if queue.cancel(args.job_id, kill=args.kill):
         print(f"Job {args.job_id} cancelled.")
         return 0
@@ -240,6 +241,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_requeue(args) -> int:
     queue = existing_queue(args.db)
+    job_status(queue, args.job_id)
     if queue.requeue_job(args.job_id):
         print(f"Job {args.job_id} requeued.")
         return 0
@@ -324,10 +326,10 @@ def cmd_logs(args) -> int:
             raise UserError(f"job {args.job_id} has no attempt {args.attempt} (it has {len(executions)})")
         execution = matching[-1]
     print(f"Job: {status['name']} ({status['id']}), attempt {execution.get('attempt')}: {execution['status']}")
-    print("--- stdout ---")
-    print(execution.get("stdout") or "", end="")
-    print("--- stderr ---")
-    print(execution.get("stderr") or "", end="")
+    for stream in ("stdout", "stderr"):
+        text = execution.get(stream) or ""
+        print(f"--- {stream} ---")
+        print(text, end="" if not text or text.endswith("\n") else "\n")
     if execution.get("error"):
         print("--- error ---")
         print(execution["error"])

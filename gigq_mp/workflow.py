@@ -145,9 +145,13 @@ class Workflow:
 
     def to_mermaid(self, queue: Optional[JobQueue] = None) -> str:
         """The DAG as Mermaid text (`graph TD`), each node labelled with its job's status."""
-        statuses = {}
+        statuses: Dict[str, str] = {}
         if queue is not None:
             statuses = {i: row["status"] for i, row in queue.store.statuses([j.id for j in self.jobs]).items()}
+            unseen = [job for job in self.jobs if job.id not in statuses]
+            if unseen and not queue.store.is_temporary():
+                # Built anew (a file loaded again): find the rows an earlier run left, by key.
+                statuses.update(plan_resume(queue.store, unseen).status)
         return mermaid(
             [(job.id, job.name, statuses.get(job.id, "not submitted"), job.dependencies) for job in self.jobs]
         )

@@ -279,3 +279,12 @@ def fail_once_with_output(marker):
 def echo_params(**kwargs):
     """Return the keyword arguments it was called with."""
     return dict(kwargs)
+
+
+def print_without_newline(tag):
+    """Print ``tag`` to stdout and stderr with no trailing newline; return ``tag``."""
+    sys.stdout.write(f"out-{tag}")
+    sys.stdout.flush()
+    sys.stderr.write(f"err-{tag}")
+    sys.stderr.flush()
+    return tag
