@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .errors import ValidationError, WaitTimeout
 from .model import FINAL, Job, JobStatus, check_job_options, status_value
 from .serialize import decode_value, describe_callable, dump_callable, encode_value
-from .store import Store
+from .store import JobRow, Store
 
 _HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")
 
@@ -42,7 +42,13 @@ def topological_order(jobs: Sequence[Job]) -> List[Job]:
     return ordered
 
 
-def job_row(job: Job, functions: Dict[str, bytes], keys_by_function: Dict[int, str]) -> Dict[str, Any]:
+def job_row(
+    job: Job,
+    functions: Dict[str, bytes],
+    keys_by_function: Dict[int, str],
+    workflow: Optional[str] = None,
+    job_key: Optional[str] = None,
+) -> JobRow:
     """Validate one job and encode it as a row for Store.insert_jobs."""
     if not isinstance(job, Job):
         raise TypeError(f"expected a Job, got {type(job).__name__}")
@@ -65,25 +71,27 @@ def job_row(job: Job, functions: Dict[str, bytes], keys_by_function: Dict[int, s
         raise ValidationError(f"job {job.name!r} lists the same dependency twice")
     if job.id in job.dependencies:
         raise ValidationError(f"dependency cycle among jobs: {job.name} ({job.id}) depends on itself")
-    return {
-        "id": job.id,
-        "name": str(job.name),
-        "function_name": getattr(job.function, "__name__", type(job.function).__name__),
-        "function_module": getattr(job.function, "__module__", None) or "__main__",
-        "function_key": key,
-        "params": params_text,
-        "params_blob": params_blob,
-        "priority": job.priority,
-        "dependencies": list(job.dependencies),
-        "max_attempts": job.max_attempts,
-        "timeout": job.timeout,
-        "description": job.description,
-        "created_at": job.created_at,
-        "pass_parent_results": None if job.pass_parent_results is None else int(job.pass_parent_results),
-        "retry_delay": job.retry_delay,
-        "retry_backoff": getattr(job, "retry_backoff", False),
-        "max_memory_mb": getattr(job, "max_memory_mb", None),
-    }
+    return JobRow(
+        id=job.id,
+        name=str(job.name),
+        function_name=getattr(job.function, "__name__", type(job.function).__name__),
+        function_module=getattr(job.function, "__module__", None) or "__main__",
+        function_key=key,
+        params=params_text,
+        params_blob=params_blob,
+        priority=job.priority,
+        dependencies=list(job.dependencies),
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        description=job.description,
+        created_at=job.created_at,
+        pass_parent_results=None if job.pass_parent_results is None else int(job.pass_parent_results),
+        retry_delay=job.retry_delay,
+        retry_backoff=int(bool(getattr(job, "retry_backoff", False))),
+        max_memory_mb=getattr(job, "max_memory_mb", None),
+        job_key=job_key,
+        workflow=workflow,
+    )
 
 
 def decode_job(row, executions: Optional[list] = None) -> Dict[str, Any]:
@@ -122,10 +130,8 @@ class JobQueue:
         jobs = list(jobs)
         functions: Dict[str, bytes] = {}
         keys: Dict[int, str] = {}
-        rows = {job.id: job_row(job, functions, keys) for job in jobs}
-        for job_id, row in rows.items():
-            row["workflow"] = workflow
-            row["job_key"] = (job_keys or {}).get(job_id)
+        job_keys = job_keys or {}
+        rows = {job.id: job_row(job, functions, keys, workflow, job_keys.get(job.id)) for job in jobs}
         ordered = topological_order(jobs)
         already = self.store.existing_ids(list(rows))
         if already:

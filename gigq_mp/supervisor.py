@@ -37,7 +37,7 @@ from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
 from .scheduler import Scheduler, order_key
-from .store import AttemptRef, Store, remove_file
+from .store import AttemptRef, Store, release_memory, remove_file
 
 logger = logging.getLogger("gigq_mp.supervisor")
 
@@ -394,6 +394,7 @@ class Supervisor:
             self._track([r for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler], pending_ids)
         self._resolve_external_parents()
         self._refresh_targets()
+        release_memory()
 
     def _apply_changes(self, rows: list) -> None:
         """Jobs that were inserted or changed status, by anyone (our own changes included)."""
