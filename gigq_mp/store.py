@@ -143,7 +143,7 @@ WITH RECURSIVE down(id) AS (
 
 BUSY_SECONDS = 5.0  # SQLite's own wait for a lock, before we log and wait again
 CACHE_KIB = 16 * 1024  # SQLite page cache of a connection
-BULK_CACHE_KIB = 64 * 1024  # ... while a large submission inserts at random places in the indexes
+BULK_CACHE_KIB = 32 * 1024  # ... while a large submission inserts at random places in the indexes
 _CHUNK = 900  # stay far below SQLite's limit on bound variables
 # Guards are written `+status` so the planner looks rows up by id, never by scanning the status index.
 
@@ -482,14 +482,25 @@ class Store:
     def count_by_status(self) -> Dict[str, int]:
         return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
 
-    def statuses(self, ids: Sequence[str]) -> Dict[str, sqlite3.Row]:
-        """id -> row(id, name, status, error) for those ids that exist."""
+    def statuses(self, ids: Sequence[str], unless: Optional[str] = None) -> Dict[str, sqlite3.Row]:
+        """id -> row(id, name, status, error) for those ids that exist (and whose status
+        is not `unless`: asking only for the jobs that did not complete keeps this small)."""
         found: Dict[str, sqlite3.Row] = {}
+        extra = "" if unless is None else " AND status != ?"
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for row in self._read(f"SELECT id, name, status, error FROM jobs WHERE id IN ({marks})", chunk):
+            args = list(chunk) if unless is None else [*chunk, unless]
+            for row in self._read(f"SELECT id, name, status, error FROM jobs WHERE id IN ({marks}){extra}", args):
                 found[row["id"]] = row
         return found
+
+    def count_status(self, ids: Sequence[str], status: str) -> int:
+        """How many of these jobs have `status`."""
+        total = 0
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            total += self._read(f"SELECT COUNT(*) FROM jobs WHERE id IN ({marks}) AND status = ?", [*chunk, status])[0][0]
+        return total
 
     def results(self, ids: Sequence[str]) -> Dict[str, StoredResult]:
         """id -> encoded result (text, blob, file) of those ids that are completed."""

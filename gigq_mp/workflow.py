@@ -113,9 +113,7 @@ class Workflow:
         try:
             self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
-            before = queue.store.statuses(ids)
-            reused = sum(1 for row in before.values() if row["status"] == "completed")
-            self.last_run = {"total": len(ids), "reused": reused}
+            self.last_run = {"total": len(ids), "reused": queue.store.count_status(ids, "completed")}
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
             supervisor = Supervisor(
                 queue.store,
@@ -160,8 +158,8 @@ class Workflow:
         return f"```mermaid\n{self.to_mermaid()}\n```"
 
     def _outcome(self, queue: JobQueue, ids: List[str], timeout: Optional[float]) -> Dict[str, Any]:
-        rows = queue.store.statuses(ids)
-        unfinished = [i for i in ids if rows[i]["status"] in ("pending", "running")]
+        rows = queue.store.statuses(ids, unless="completed")
+        unfinished = [i for i, row in rows.items() if row["status"] in ("pending", "running")]
         if unfinished:
             raise WaitTimeout(
                 f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
