@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import JobQueue, JobStatus, Worker, Workflow, setup_logging
-from .errors import GigqMpError, WaitTimeout, WorkflowFailed
+from .errors import GigqMpError, WorkflowFailed
 from .model import Job
 from .progress import ProgressLine
 from .resume import plan_resume
@@ -284,10 +284,10 @@ def cmd_run(args) -> int:
         return dry_run(workflow, queue, args.force)
     progress = None if args.quiet else ProgressLine(sys.stderr, workflow.name)
     try:
-        results = workflow.run(queue, workers=args.jobs, force=args.force, progress=progress)
+        workflow.run(queue, workers=args.jobs, force=args.force, progress=progress)
         failures: Dict[str, Any] = {}
     except WorkflowFailed as exc:
-        results, failures = exc.results, exc.failures
+        failures = exc.failures
     except (GigqMpError, TypeError) as exc:
         raise UserError(str(exc)) from exc
     summary = workflow.last_run

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import ValidationError, WaitTimeout
 from .model import FINAL, Job, JobStatus, check_job_options, status_value
-from .serialize import decode_value, describe_callable, dump_callable, encode_value
+from .serialize import decode_value, dump_callable, encode_value
 from .store import JobRow, Store
 
 _HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")

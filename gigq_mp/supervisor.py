@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import socket
 import sys
 import threading
 import time
@@ -30,12 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
-import psutil
-
 from .messages import Accepted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
 from .model import BLOCKING, FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
+from .recovery import reclaim_from_dead, register
 from .scheduler import Scheduler, order_key
 from .store import AttemptRef, Store, release_memory, remove_file
 
@@ -76,14 +74,6 @@ class Attempt:
     deadline: Optional[float] = None
     pid: Optional[int] = None
     peak_mb: float = 0.0
-
-
-def _seconds_since(timestamp: Optional[str]) -> float:
-    """Seconds since a GigQ-style ISO timestamp (infinite when unknown)."""
-    try:
-        return (datetime.now() - datetime.fromisoformat(timestamp)).total_seconds()
-    except (TypeError, ValueError):
-        return float("inf")
 
 
 def decode_ids(text: Optional[str]) -> List[str]:
@@ -252,8 +242,7 @@ class Supervisor:
     # -- registration, heartbeat, jobs of dead supervisors --------------------------------------
 
     def _register(self) -> None:
-        me = psutil.Process()
-        self.store.register_supervisor(self.worker_id, me.pid, me.create_time(), socket.gethostname())
+        register(self.store, self.worker_id)
         self._last_heartbeat = self.clock()
         self._peers = len(self.store.supervisors()) - 1
 
@@ -270,39 +259,7 @@ class Supervisor:
     def _reclaim_from_dead(self) -> int:
         """Running jobs whose supervisor is provably dead go back to pending."""
         self._last_reclaim = self.clock()
-        orphans = [row for row in self.store.orphaned_running_jobs() if row["worker_id"] != self.worker_id]
-        if not orphans:
-            return 0
-        registered = {row["id"]: row for row in self.store.supervisors()}
-        alive: Dict[str, bool] = {}
-        dead_jobs = []
-        for job in orphans:
-            owner = job["worker_id"]
-            if owner not in registered:
-                # Not a registered supervisor (GigQ's worker, say): trust it until the job's timeout.
-                if _seconds_since(job["started_at"]) > float(job["timeout"] or 0):
-                    dead_jobs.append(job)
-                continue
-            if owner not in alive:
-                alive[owner] = self._is_alive(registered[owner])
-            if not alive[owner]:
-                dead_jobs.append(job)
-        count = self.store.reclaim(dead_jobs, "interrupted: its supervisor {worker_id} died")
-        for owner, is_alive in alive.items():
-            if not is_alive:
-                self.store.unregister_supervisor(owner)
-        if count:
-            logger.warning("took back %d jobs left running by dead supervisors", count)
-        return count
-
-    def _is_alive(self, registration) -> bool:
-        if registration["host"] == socket.gethostname():
-            try:
-                started = psutil.Process(registration["pid"]).create_time()
-            except psutil.NoSuchProcess:
-                return False
-            return abs(started - registration["process_start"]) < 1.0  # else the pid was reused
-        return _seconds_since(registration["heartbeat"]) < self.heartbeat_timeout
+        return reclaim_from_dead(self.store, self.worker_id, self.heartbeat_timeout)
 
     def _report(self, now: float, final: bool = False) -> None:
         if self.progress is None or (not final and now < self._next_progress):
