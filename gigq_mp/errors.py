@@ -35,3 +35,21 @@ class WorkflowFailed(GigqMpError):
             reason = f": {first_line[0]}" if first_line else ""
             lines.append(f"  {info['name']} ({job_id}) {info['status']}{reason}")
         super().__init__("\n".join(lines))
+
+    def _repr_markdown_(self) -> str:
+        """A table of the jobs that did not complete, for notebooks."""
+        rows = ["| job | status | error |", "| --- | --- | --- |"]
+        for job_id, info in self.failures.items():
+            first = (info.get("error") or "").strip().splitlines()[:1]
+            error = (first[0] if first else "").replace("|", "\\|")
+            rows.append(f"| {info['name']} (`{job_id[:8]}`) | {info['status']} | {error} |")
+        return "\n".join([f"**{len(self.failures)} jobs did not complete**", "", *rows])
+
+
+class RemoteTraceback(GigqMpError):
+    """The error of a job as its worker process reported it, traceback included; set as
+    the `__cause__` of WorkflowFailed so that Python prints it with the failure."""
+
+    def __init__(self, name: str, job_id: str, error: str):
+        self.job_name, self.job_id = name, job_id
+        super().__init__(f"job {name} ({job_id}) failed in a worker process:\n\n{error}")

@@ -44,3 +44,38 @@ class ProgressLine:
             self.stream.write(text + "\n")
             self.stream.flush()
         self._shown = True
+
+
+class NotebookProgress:
+    """A progress callback that updates one display in place in a Jupyter notebook."""
+
+    def __init__(self, label: str = ""):
+        from IPython.display import HTML, display
+
+        self._html = HTML
+        self.label = f"<b>{label}</b>: " if label else ""
+        self._handle = display(HTML(self.label + "starting"), display_id=True)
+
+    def __call__(self, counts: dict) -> None:
+        self._handle.update(self._html(self.label + describe(counts)))
+
+
+def in_notebook() -> bool:
+    """True when running in a Jupyter kernel (IPython with a kernel attached)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ipython = shell.get_ipython()
+    except AttributeError:
+        return False
+    return ipython is not None and getattr(ipython, "kernel", None) is not None
+
+
+def default_progress(label: str):
+    """Progress shown by Workflow.run when the caller asked for none in particular."""
+    if in_notebook():
+        return NotebookProgress(label)
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return ProgressLine(sys.stderr, label)
+    return None

@@ -52,6 +52,14 @@ class FunctionCache:
         return key in self._items
 
 
+_IN_WORKER = False  # set in worker processes, so that Workflow.run can refuse to nest
+
+
+def in_worker_process() -> bool:
+    """True inside a gigq_mp worker process (a job is running here)."""
+    return _IN_WORKER
+
+
 def wants_parent_results(function: Callable) -> bool:
     """Auto mode: inject when the callable takes `parent_results` or `**kwargs`."""
     try:
@@ -183,6 +191,8 @@ def receive(conn: Connection, jobs: Deque[Optional[RunJob]], pickled: Dict[str, 
 
 def main() -> None:
     """Entry point of a worker process: argv[1] is the fd of our end of the pipe."""
+    global _IN_WORKER
+    _IN_WORKER = True
     # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     supervisor_pid = os.getppid()

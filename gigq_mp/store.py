@@ -243,6 +243,7 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction()
+        self._closed = False
         self._results_dir: Optional[str] = None
         self._owns_results_dir = False  # a throwaway directory of an in-memory database
         # Attempt ids: a random prefix per connection and a counter (uuid4 per attempt is slow).
@@ -378,9 +379,14 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._closed = True
         _open_stores.discard(self)
         if self._owns_results_dir and self._results_dir is not None:
             shutil.rmtree(self._results_dir, ignore_errors=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import ValidationError, WaitTimeout, WorkflowFailed
+from .errors import GigqMpError, RemoteTraceback, ValidationError, WaitTimeout, WorkflowFailed
 from .jobqueue import JobQueue
 from .model import BLOCKING, Job
+from .progress import default_progress
+from .runner import in_worker_process
 from .resume import ResumePlan, apply_resume, plan_resume
 from .serialize import decode_value
 from .supervisor import Supervisor
@@ -24,6 +26,7 @@ class Workflow:
         self.jobs: List[Job] = []
         self.job_map: Dict[str, Job] = {}
         self.last_run: Dict[str, int] = {}  # counts of the last run(): total, reused, attempts
+        self.last_statuses: Dict[str, str] = {}  # job id -> status at the end of the last run()
 
     def add_job(self, job: Job, depends_on: Optional[List[Job]] = None) -> Job:
         """Add `job`, running after every job of `depends_on`; returns the job."""
@@ -95,7 +98,7 @@ class Workflow:
         timeout: Optional[float] = None,
         *,
         force: bool = False,
-        progress: Optional[Callable[[dict], None]] = None,
+        progress: Union[None, bool, Callable[[dict], None]] = None,
     ) -> Dict[str, Any]:
         """Submit what is not yet submitted, run every job to the end, return {job_id: result}.
 
@@ -103,11 +106,23 @@ class Workflow:
         workflow are reused, not run again (`force=True` runs everything). Raises
         WorkflowFailed (with `.results` and `.failures`) if any job did not complete,
         WaitTimeout if `timeout` seconds pass first. Without a queue the jobs go to a
-        throwaway in-memory database. `progress`, if given, is called now and then
-        with the counts of the run.
+        throwaway in-memory database. `progress` is called now and then with the
+        counts of the run; by default a display updated in place in a notebook, a
+        live line on a terminal, nothing otherwise (`progress=False` for none).
         """
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
+        if in_worker_process():
+            raise GigqMpError(
+                f"Workflow.run({self.name!r}) was called from inside a running job; a job cannot wait "
+                "for other jobs (make them its dependencies instead)"
+            )
+        if queue is not None and queue.store.closed:
+            raise GigqMpError(f"the queue of {queue.db_path!r} is closed; open a new JobQueue")
+        if progress is None:
+            progress = default_progress(self.name)
+        elif progress is False:
+            progress = None
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
         try:
@@ -143,7 +158,7 @@ class Workflow:
 
     def to_mermaid(self, queue: Optional[JobQueue] = None) -> str:
         """The DAG as Mermaid text (`graph TD`), each node labelled with its job's status."""
-        statuses: Dict[str, str] = {}
+        statuses: Dict[str, str] = dict(self.last_statuses)
         if queue is not None:
             statuses = {i: row["status"] for i, row in queue.store.statuses([j.id for j in self.jobs]).items()}
             unseen = [job for job in self.jobs if job.id not in statuses]
@@ -171,8 +186,12 @@ class Workflow:
             for i in ids
             if i not in encoded
         }
+        self.last_statuses = {i: "completed" for i in results}
+        self.last_statuses.update({i: info["status"] for i, info in failures.items()})
         if failures:
-            raise WorkflowFailed(results, failures)
+            first = next((i for i, info in failures.items() if info["status"] != "cancelled"), next(iter(failures)))
+            cause = RemoteTraceback(failures[first]["name"], first, failures[first]["error"] or "")
+            raise WorkflowFailed(results, failures) from cause
         return results
 
 
