@@ -32,7 +32,6 @@ class ProgressLine:
         self.label = f"{label}: " if label else ""
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last_plain = float("-inf")
-        self._shown = False
 
     def __call__(self, counts: dict) -> None:
         text = self.label + describe(counts)
@@ -43,7 +42,6 @@ class ProgressLine:
             self._last_plain = time.monotonic()
             self.stream.write(text + "\n")
             self.stream.flush()
-        self._shown = True
 
 
 class NotebookProgress:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 from .jobqueue import topological_order
 from .model import Job
@@ -27,9 +27,6 @@ class ResumePlan:
     keys: Dict[str, str]  # job id (as built) -> key
     reuse: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> id of the existing row
     status: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> status of that row
-
-    def completed(self) -> List[str]:
-        return [job_id for job_id, status in self.status.items() if status == "completed"]
 
 
 def callable_key(function) -> str:
