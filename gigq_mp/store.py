@@ -375,6 +375,11 @@ class Store:
         finally:
             self._lock.release()
 
+    def _read_in(self, sql: str, ids: Sequence[str], *tail: Any) -> Iterator[sqlite3.Row]:
+        """Rows of `sql`, whose `{marks}` is bound to `ids` a chunk at a time (then `tail`)."""
+        for chunk in _chunks(list(ids)):
+            yield from self._read(sql.format(marks=",".join("?" * len(chunk))), [*chunk, *tail])
+
     def _read(self, sql: str, args: Iterable[Any] = ()) -> List[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
@@ -406,15 +411,10 @@ class Store:
 
     def find_keys(self, keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
         """job key -> (id, status) of the newest job with that key."""
-        found: Dict[str, Tuple[str, str]] = {}
-        for chunk in _chunks(list(keys)):
-            marks = ",".join("?" * len(chunk))
-            for row in self._read(
-                f"SELECT job_key, id, status, MAX(rowid) FROM jobs WHERE job_key IN ({marks}) GROUP BY job_key",
-                chunk,
-            ):
-                found[row[0]] = (row[1], row[2])
-        return found
+        rows = self._read_in(
+            "SELECT job_key, id, status, MAX(rowid) FROM jobs WHERE job_key IN ({marks}) GROUP BY job_key", keys
+        )
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     def jobs_of(self, workflow: Optional[str]) -> List[sqlite3.Row]:
         """Every job (of one workflow), oldest first: id, name, status, dependencies."""
@@ -425,11 +425,7 @@ class Store:
         )
 
     def existing_ids(self, ids: Sequence[str]) -> set:
-        found: set = set()
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._read(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
-        return found
+        return {r[0] for r in self._read_in("SELECT id FROM jobs WHERE id IN ({marks})", ids)}
 
     def insert_jobs(self, rows: List[JobRow], functions: Dict[str, bytes]) -> None:
         """Insert fully validated job rows (parents first) and their callables, all or nothing."""
@@ -491,35 +487,25 @@ class Store:
     def statuses(self, ids: Sequence[str], unless: Optional[str] = None) -> Dict[str, sqlite3.Row]:
         """id -> row(id, name, status, error) for those ids that exist (and whose status
         is not `unless`: asking only for the jobs that did not complete keeps this small)."""
-        found: Dict[str, sqlite3.Row] = {}
-        extra = "" if unless is None else " AND status != ?"
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            args = list(chunk) if unless is None else [*chunk, unless]
-            for row in self._read(f"SELECT id, name, status, error FROM jobs WHERE id IN ({marks}){extra}", args):
-                found[row["id"]] = row
-        return found
+        sql = "SELECT id, name, status, error FROM jobs WHERE id IN ({marks})"
+        if unless is None:
+            rows = self._read_in(sql, ids)
+        else:
+            rows = self._read_in(sql + " AND status != ?", ids, unless)
+        return {row["id"]: row for row in rows}
 
     def count_status(self, ids: Sequence[str], status: str) -> int:
         """How many of these jobs have `status`."""
-        total = 0
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            total += self._read(f"SELECT COUNT(*) FROM jobs WHERE id IN ({marks}) AND status = ?", [*chunk, status])[0][0]
-        return total
+        sql = "SELECT COUNT(*) FROM jobs WHERE id IN ({marks}) AND status = ?"
+        return sum(row[0] for row in self._read_in(sql, ids, status))
 
     def results(self, ids: Sequence[str]) -> Dict[str, StoredResult]:
         """id -> encoded result (text, blob, file) of those ids that are completed."""
-        found: Dict[str, StoredResult] = {}
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            for row in self._read(
-                "SELECT id, result, result_blob, result_path FROM jobs "
-                f"WHERE +status = 'completed' AND id IN ({marks})",
-                chunk,
-            ):
-                found[row[0]] = (row[1], row[2], row[3])
-        return found
+        rows = self._read_in(
+            "SELECT id, result, result_blob, result_path FROM jobs WHERE +status = 'completed' AND id IN ({marks})",
+            ids,
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
     def is_temporary(self) -> bool:
         """An in-memory database: nothing in it outlives this process."""
@@ -716,11 +702,7 @@ class Store:
 
     def job_states(self, ids: Sequence[str]) -> List[sqlite3.Row]:
         """What the scheduler needs of these jobs, whatever their status."""
-        found: List[sqlite3.Row] = []
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            found += self._read(f"SELECT {_STATE_FIELDS} FROM jobs WHERE id IN ({marks})", chunk)
-        return found
+        return list(self._read_in(f"SELECT {_STATE_FIELDS} FROM jobs WHERE id IN ({{marks}})", ids))
 
     def claim(self, jobs: Sequence[Tuple[str, int]], worker_id: str) -> List[Tuple[sqlite3.Row, "AttemptRef"]]:
         """Move pending jobs, given as (id, rowid), to running and open an attempt for each;

@@ -79,9 +79,7 @@ class Workflow:
             queue.submit_many(fresh, workflow=self.name)
             return ResumePlan({})
         plan = plan_resume(queue.store, fresh, force)
-        apply_resume(fresh, plan)
-        for job in self.jobs:  # jobs submitted before point at the rows their parents reuse
-            job.dependencies = [plan.reuse.get(d, d) for d in job.dependencies]
+        apply_resume(self.jobs, plan)  # jobs submitted before also point at reused parents
         self.job_map = {job.id: job for job in self.jobs}
         for job_id, status in plan.status.items():
             if status in BLOCKING:
