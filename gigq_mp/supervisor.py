@@ -104,6 +104,7 @@ class Supervisor:
         scope: Optional[Set[str]] = None,
         targets: Optional[Set[str]] = None,
         executor_factory: Optional[Callable[[], Executor]] = None,
+        executor: Optional[Executor] = None,
         max_tasks_per_worker: Optional[int] = None,
         max_memory_mb: Optional[float] = None,
         heartbeat_timeout: float = 60.0,
@@ -133,7 +134,7 @@ class Supervisor:
                 concurrency, max_tasks_per_worker=max_tasks_per_worker, results_dir=store.results_dir()
             )
         )
-        self.executor: Optional[Executor] = None
+        self.executor: Optional[Executor] = executor  # started early by the caller, or on first use
         self.scheduler = Scheduler()
         self.running: Dict[str, Attempt] = {}
         self.open_targets: Set[str] = set(targets or ())  # jobs run(until=...) waits for

@@ -14,6 +14,7 @@ from .progress import default_progress
 from .runner import in_worker_process
 from .resume import ResumePlan, apply_resume, plan_resume
 from .serialize import decode_value
+from .pool import LocalPool
 from .supervisor import Supervisor
 from .task import TaskWrapper
 
@@ -123,6 +124,8 @@ class Workflow:
             progress = None
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
+        # The worker processes start now, so their start-up overlaps with the submission.
+        pool: Optional[LocalPool] = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
         try:
             self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
@@ -136,7 +139,9 @@ class Workflow:
                 scope=set(ids) | outside,
                 targets=set(ids),
                 progress=progress,
+                executor=pool,
             )
+            pool = None  # the supervisor owns it now
             deadline = None if timeout is None else time.monotonic() + timeout
 
             def finished() -> bool:
@@ -151,6 +156,8 @@ class Workflow:
             self.last_run["attempts"] = supervisor.finished_attempts
             return self._outcome(queue, ids, timeout)
         finally:
+            if pool is not None:
+                pool.shutdown()
             if own_queue:
                 queue.close()
 
