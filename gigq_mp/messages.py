@@ -1,10 +1,10 @@
 """The small frozen messages that cross the pipe between supervisor and worker process.
 
     supervisor --WorkerInit, JobBatch..., None(stop)--> worker process
-    supervisor <--Accepted, JobSucceeded | JobFailed-- worker process
+    supervisor <--[] (ready), [JobSucceeded | JobFailed, ...]-- worker process
 
-`WorkerLost` never crosses the pipe: the pool makes it when a worker process
-ends while it holds a job.
+`Accepted`, `WorkerLost`, `Unstarted` and `Killed` never cross the pipe: the
+pool makes them from what it sent, what came back and what it did.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class JobBatch:
 
 @dataclass(frozen=True)
 class Accepted:
-    """The worker process started the attempt: the timeout clock starts now."""
+    """The worker process started the attempt (the pool infers it: jobs run in the order
+    sent): the timeout clock starts now."""
 
     job_id: str
     attempt: int
@@ -68,6 +69,8 @@ class JobSucceeded:
     result_path: Optional[str]
     stdout: str = ""
     stderr: str = ""
+    seconds: Optional[float] = None  # how long the job ran, measured in the worker process
+    pid: Optional[int] = None  # the worker process that ran it
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class JobFailed:
     error: str
     stdout: str = ""
     stderr: str = ""
+    seconds: Optional[float] = None
+    pid: Optional[int] = None
 
 
 @dataclass(frozen=True)

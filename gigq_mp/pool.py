@@ -10,9 +10,12 @@ Each worker process is started fresh with `subprocess` (never fork, never a
 re-import of `__main__`), leads its own process group, and talks over one end
 of a socket pair. A worker may hold up to `depth` jobs: the one it runs and
 the ones sent ahead so it never waits for the supervisor between short jobs.
-When its pipe reaches EOF the process has ended: the job it was running
-becomes a `WorkerLost` event, the ones sent ahead `Unstarted`, and a new
-process takes its place.
+A process runs its jobs in the order sent, so the pool knows which one runs:
+the head of its queue, started when the process said it was ready, when the
+job was sent to an idle process, or when the reply to the job before it came
+(`Accepted`). When its pipe reaches EOF the process has ended: the job it was
+running becomes a `WorkerLost` event, the ones sent ahead `Unstarted`, and a
+new process takes its place.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class WorkerProcess:
         self.jobs: Deque[RunJob] = collections.deque()  # the first one runs, the rest wait
         self.functions = FunctionCache()
         self.jobs_done = 0
-        self.answered = False  # has it ever sent a message?
+        self.answered = False  # has it said it is ready (its first message)?
+        self.head_started = False  # has the job at the head of `jobs` been reported started?
 
     def send(self, runs: List[RunJob], pickled: Dict[str, Optional[bytes]]) -> None:
         """Send jobs in one write, with the callables this process does not hold yet."""
@@ -143,6 +147,7 @@ class LocalPool:
         self._failed_starts = 0  # worker processes in a row that died before answering
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
+        self._early: list = []  # events found outside wait(), returned by the next wait()
         for _ in range(size):
             self._add_worker()
 
@@ -182,14 +187,23 @@ class LocalPool:
             except OSError:
                 # The process died; its EOF surfaces in wait() and its jobs are reported there.
                 logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
+            self._started(worker, self._early)
+
+    def _started(self, worker: WorkerProcess, events: list) -> None:
+        """A ready process starts the job at the head of its queue at once: report it
+        (`Accepted`: its timeout clock starts)."""
+        if worker.answered and worker.jobs and not worker.head_started:
+            worker.head_started = True
+            head = worker.jobs[0]
+            events.append(Accepted(head.job_id, head.attempt, worker.pid))
 
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list:
         """Block until a worker answers, a worker ends, a wake fd is readable, or timeout."""
         for fd in set(wake_fds) - self._wake_fds:
             self._selector.register(fd, selectors.EVENT_READ, None)
             self._wake_fds.add(fd)
-        events: list = []
-        for key, _ in self._selector.select(timeout):
+        events, self._early = self._early, []
+        for key, _ in self._selector.select(0 if events else timeout):
             if key.data is not None and key.data in self.workers:
                 self._collect(key.data, events)
         return events
@@ -204,19 +218,20 @@ class LocalPool:
             except (EOFError, OSError):
                 self._lost(worker, events)
                 return
-            events.extend(messages)
+            events.extend(messages)  # replies, in the order the jobs were sent
             worker.answered = True
             self._failed_starts = 0
-            finals = sum(1 for m in messages if not isinstance(m, Accepted))
-            for _ in range(finals):
-                worker.jobs.popleft()  # a final answer for the job at the head
-            worker.jobs_done += finals
+            for _ in messages:
+                worker.jobs.popleft()
+                worker.head_started = False
+            worker.jobs_done += len(messages)
             if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
                 self._retire(worker)
                 self._add_worker()
                 worker.close(self.kill_grace + 1.0)
                 self._output(worker)
                 return
+            self._started(worker, events)
 
     def _lost(self, worker: WorkerProcess, events: list) -> None:
         self._retire(worker)
@@ -229,7 +244,7 @@ class LocalPool:
                     f"(the last {describe_exit(returncode)}); is the Python environment broken?"
                 )
         output = self._output(worker)
-        if worker.jobs:
+        if worker.jobs and worker.head_started:
             head = worker.jobs.popleft()
             events.append(
                 WorkerLost(head.job_id, head.attempt, f"worker process {describe_exit(returncode)}", *output)

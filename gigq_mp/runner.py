@@ -3,7 +3,7 @@
 The supervisor starts `python -c "...from gigq_mp.runner import main; main()" FD`
 where FD is this process's end of a socket pair. The worker process never
 imports the user's `__main__` and never touches SQLite: it receives `RunJob`
-messages, answers `Accepted` then `JobSucceeded` or `JobFailed`, and exits when
+messages, answers `JobSucceeded` or `JobFailed` for each, and exits when
 the pipe closes, when it is told to stop, or when its supervisor disappears.
 """
 
@@ -15,17 +15,20 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Optional
 
 from .capture import OutputCapture
-from .messages import Accepted, JobFailed, JobSucceeded, RunJob, WorkerInit
+from .messages import JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
 
 FUNCTION_CACHE_SIZE = 64
 ORPHAN_CHECK_SECONDS = 0.25
+REPLY_WINDOW = 0.002  # seconds a reply may wait for others between jobs...
+REPLY_LATE = 0.01  # ...and at most, while a job runs
 
 
 class FunctionCache:
@@ -53,6 +56,7 @@ class FunctionCache:
 
 
 _IN_WORKER = False  # set in worker processes, so that Workflow.run can refuse to nest
+_PID = os.getpid()  # of this worker process (main() runs in the process that imported us)
 
 
 def in_worker_process() -> bool:
@@ -101,6 +105,7 @@ def answer(
     """Run one attempt and build the reply; never raises."""
     if capture is not None:
         capture.start()
+    started = time.perf_counter()
     try:
         result = run_job(message, functions, pickled)
     except BaseException as exc:  # the job's failure, whatever it is, is the answer
@@ -108,14 +113,16 @@ def answer(
             "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n\n" + traceback.format_exc()
         )
         output = capture.stop() if capture is not None else ("", "")
-        return JobFailed(message.job_id, message.attempt, type(exc).__name__, error, *output)
+        ran = time.perf_counter() - started
+        return JobFailed(message.job_id, message.attempt, type(exc).__name__, error, *output, ran, _PID)
     output = capture.stop() if capture is not None else ("", "")
+    ran = time.perf_counter() - started
     spill = None if results_dir is None else os.path.join(results_dir, f"{message.job_id}.{message.attempt}.pickle")
     try:
         text, blob, path = encode_result(result, spill)
     except Exception as exc:
-        return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc), *output)
-    return JobSucceeded(message.job_id, message.attempt, text, blob, path, *output)
+        return JobFailed(message.job_id, message.attempt, type(exc).__name__, str(exc), *output, ran, _PID)
+    return JobSucceeded(message.job_id, message.attempt, text, blob, path, *output, ran, _PID)
 
 
 def kill_own_descendants() -> None:
@@ -142,34 +149,97 @@ def watch_supervisor(supervisor_pid: int) -> None:
             os._exit(70)
 
 
+class Outbox:
+    """Replies waiting to go to the supervisor, several per write.
+
+    The serving loop sends them when it has no job left or when the oldest has
+    waited REPLY_WINDOW; a thread sends them once they are REPLY_LATE old, so a
+    long job never holds back the replies of the short ones before it (nor the
+    supervisor's knowledge that it has started: jobs run in the order sent).
+    """
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.items: list = []
+        self.since = 0.0  # when the oldest waiting reply was added
+        self.closed = False
+        self.cond = threading.Condition()
+        threading.Thread(target=self._send_late, daemon=True).start()
+
+    def add(self, reply: Any) -> None:
+        with self.cond:
+            if not self.items:
+                self.since = time.monotonic()
+                self.cond.notify()
+            self.items.append(reply)
+
+    def due(self) -> bool:
+        return bool(self.items) and time.monotonic() - self.since >= REPLY_WINDOW
+
+    def flush(self) -> None:
+        with self.cond:
+            self._send()
+
+    def close(self) -> None:
+        """Send what is left (if the pipe still takes it) and stop the thread."""
+        with self.cond:
+            try:
+                self._send()
+            except OSError:
+                self.items = []  # the supervisor is gone: nobody is left to tell
+            self.closed = True
+            self.cond.notify()
+
+    def _send(self) -> None:
+        if self.items and not self.closed:
+            items, self.items = self.items, []
+            self.conn.send(items)
+
+    def _send_late(self) -> None:
+        with self.cond:
+            while not self.closed:
+                if not self.items:
+                    self.cond.wait()
+                    continue
+                left = self.since + REPLY_LATE - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                try:
+                    self._send()
+                except OSError:
+                    return  # the pipe is gone; the serving loop finds out too
+
+
 def serve(conn: Connection, results_dir: Optional[str], capture: Optional[OutputCapture]) -> None:
     """Answer RunJob messages until the pipe closes or a None arrives.
 
     Messages travel in lists both ways, so one write can carry several jobs, or
-    the reply to one job together with the acceptance of the next.
+    the replies to several jobs. The first message says the process is ready;
+    after that the supervisor counts a job as started when the reply to the one
+    before it arrives (or, on an idle process, when it was sent).
     """
     functions = FunctionCache()
     pickled: Dict[str, bytes] = {}  # callables received, not yet loaded into the cache
     jobs: Deque[Optional[RunJob]] = deque()
-    outbox: list = []
-    while True:
-        if not jobs:
-            if outbox:
-                conn.send(outbox)
-                outbox = []
-            if not receive(conn, jobs, pickled, block=True):
+    conn.send([])  # ready
+    outbox = Outbox(conn)
+    try:
+        while True:
+            if not jobs:
+                outbox.flush()
+                if not receive(conn, jobs, pickled, block=True):
+                    return
+            job = jobs.popleft()
+            if job is None:
                 return
-        job = jobs.popleft()
-        if job is None:
-            if outbox:
-                conn.send(outbox)
-            return
-        outbox.append(Accepted(job.job_id, job.attempt, os.getpid()))
-        conn.send(outbox)  # the timeout clock starts now, so this cannot wait
-        outbox = [answer(job, functions, pickled, results_dir, capture)]
-        if not receive(conn, jobs, pickled, block=False):
-            conn.send(outbox)
-            return
+            outbox.add(answer(job, functions, pickled, results_dir, capture))
+            if not receive(conn, jobs, pickled, block=False):
+                return
+            if outbox.due():
+                outbox.flush()
+    finally:
+        outbox.close()
 
 
 def receive(conn: Connection, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], block: bool) -> bool:

@@ -43,7 +43,8 @@ RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
-QUICK_JOB_DEPTH = 8  # ...up to this many per worker process
+QUEUED_SECONDS = 0.02  # ...about this much work per worker process...
+MAX_DEPTH = 64  # ...and at most this many jobs
 CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
 RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 PROGRESS_SECONDS = 0.25  # between calls of the progress callback
@@ -457,7 +458,7 @@ class Supervisor:
         """Jobs per worker process: several while jobs are short, so no worker waits for
         a round trip and one write carries several jobs; one at a time for long jobs,
         so none queues behind a long job while another worker idles."""
-        return QUICK_JOB_DEPTH if self._mean_duration < QUICK_JOB_SECONDS else 1
+        return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(self._mean_duration, 1e-6))))
 
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
@@ -549,8 +550,12 @@ class Supervisor:
             if attempt.max_memory_mb:
                 self._limited.add(attempt.job_id)
         elif isinstance(event, JobSucceeded):
+            attempt.pid = event.pid or attempt.pid
             self._succeeded(attempt, event)
-        elif isinstance(event, (JobFailed, WorkerLost)):
+        elif isinstance(event, JobFailed):
+            attempt.pid = event.pid or attempt.pid
+            self._failed(attempt, "failed", event.error, (event.stdout, event.stderr), event.seconds)
+        elif isinstance(event, WorkerLost):
             self._failed(attempt, "failed", event.error, (event.stdout, event.stderr))
         elif isinstance(event, Killed):
             self._failed(attempt, event.status, event.error, (event.stdout, event.stderr))
@@ -563,17 +568,19 @@ class Supervisor:
         else:
             raise TypeError(f"unexpected event from the executor: {event!r}")
 
-    def _ended(self, attempt: Attempt) -> None:
+    def _ended(self, attempt: Attempt, seconds: Optional[float] = None) -> None:
+        """Forget a finished attempt; `seconds` is how long its job ran, as the worker measured."""
         del self.running[attempt.job_id]
         self.finished_attempts += 1
         if self.finished_attempts % PRUNE_CHANGES_EVERY == 0:
             self.store.prune_changes()
-        if attempt.started is not None:
-            duration = self.clock() - attempt.started
-            self._mean_duration += 0.2 * (duration - self._mean_duration)
+        if seconds is None and attempt.started is not None:
+            seconds = self.clock() - attempt.started
+        if seconds is not None:
+            self._mean_duration += 0.2 * (seconds - self._mean_duration)
 
     def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
-        self._ended(attempt)
+        self._ended(attempt, event.seconds)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         result = (event.result_text, event.result_blob, event.result_path)
@@ -585,8 +592,10 @@ class Supervisor:
             if event.result_path is not None:
                 remove_file(event.result_path)
 
-    def _failed(self, attempt: Attempt, kind: str, error: str, output: Tuple[str, str]) -> None:
-        self._ended(attempt)
+    def _failed(
+        self, attempt: Attempt, kind: str, error: str, output: Tuple[str, str], seconds: Optional[float] = None
+    ) -> None:
+        self._ended(attempt, seconds)
         label = f"attempt {attempt.number} of {attempt.max_attempts}"
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
