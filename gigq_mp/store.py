@@ -21,7 +21,7 @@ import threading
 import uuid
 import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .errors import GigqMpError
 from .model import FINAL, now_iso
@@ -87,7 +87,13 @@ _ADDED_COLUMNS = {
         ("job_key", "TEXT"),  # stable identity for resuming a workflow (resume.py)
         ("workflow", "TEXT"),  # the name of the Workflow that submitted it
     ],
-    "job_executions": [("attempt", "INTEGER"), ("pid", "INTEGER"), ("stdout", "TEXT"), ("stderr", "TEXT")],
+    "job_executions": [
+        ("attempt", "INTEGER"),
+        ("pid", "INTEGER"),
+        ("stdout", "TEXT"),
+        ("stderr", "TEXT"),
+        ("job_seq", "INTEGER"),  # the job's rowid (NULL in rows other programs wrote)
+    ],
 }
 
 _OUR_TABLES = [
@@ -122,8 +128,18 @@ _INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_jobs_blocked_by ON jobs (blocked_by)",
     "CREATE INDEX IF NOT EXISTS idx_jobs_job_key ON jobs (job_key)",
     "CREATE INDEX IF NOT EXISTS idx_job_dependencies_parent ON job_dependencies (depends_on)",
-    "CREATE INDEX IF NOT EXISTS idx_job_executions_job ON job_executions (job_id)",
+    # A job's attempts are found by the job's rowid, which grows as jobs are submitted: an index
+    # on the random job ids would take a write at a random page for every attempt. Rows that
+    # other programs (GigQ) wrote have no job_seq and are found by job id in a partial index.
+    "CREATE INDEX IF NOT EXISTS idx_job_executions_seq ON job_executions (job_seq)",
+    "CREATE INDEX IF NOT EXISTS idx_job_executions_foreign ON job_executions (job_id) WHERE job_seq IS NULL",
+    "DROP INDEX IF EXISTS idx_job_executions_job",  # what earlier versions indexed instead
 ]
+
+# A job's attempts, whoever wrote them: `:id` is the job id.
+_EXECUTIONS_OF = """(
+    SELECT e.rowid FROM job_executions e JOIN jobs j ON e.job_seq = j.rowid WHERE j.id = :id
+    UNION ALL SELECT rowid FROM job_executions WHERE job_seq IS NULL AND job_id = :id)"""
 
 # The fields the supervisor needs to run an attempt, returned by a successful claim.
 _CLAIM_FIELDS = (
@@ -380,9 +396,10 @@ class Store:
         for chunk in _chunks(list(ids)):
             yield from self._read(sql.format(marks=",".join("?" * len(chunk))), [*chunk, *tail])
 
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> List[sqlite3.Row]:
+    def _read(self, sql: str, args: Union[Iterable[Any], Dict[str, Any]] = ()) -> List[sqlite3.Row]:
+        """Rows of one query; `args` binds `?` marks in order, or `:name` marks (a dict)."""
         with self._lock:
-            return self._conn.execute(sql, tuple(args)).fetchall()
+            return self._conn.execute(sql, args if isinstance(args, dict) else tuple(args)).fetchall()
 
     @property
     def closed(self) -> bool:
@@ -470,7 +487,8 @@ class Store:
 
     def executions(self, job_id: str) -> List[sqlite3.Row]:
         return self._read(
-            "SELECT * FROM job_executions WHERE job_id = ? ORDER BY started_at, rowid", (job_id,)
+            f"SELECT * FROM job_executions WHERE rowid IN {_EXECUTIONS_OF} ORDER BY started_at, rowid",
+            {"id": job_id},
         )
 
     def list_jobs(self, status: Optional[str], limit: int) -> List[sqlite3.Row]:
@@ -593,7 +611,9 @@ class Store:
             where = "status IN ('completed', 'cancelled')" + (" AND completed_at < ?" if before else "")
             args = (before,) if before else ()
             db.execute(
-                f"DELETE FROM job_executions WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
+                f"DELETE FROM job_executions WHERE job_seq IN (SELECT rowid FROM jobs WHERE {where}) "
+                f"OR (job_seq IS NULL AND job_id IN (SELECT id FROM jobs WHERE {where}))",
+                args + args,
             )
             db.execute(
                 f"DELETE FROM job_dependencies WHERE job_id IN (SELECT id FROM jobs WHERE {where})", args
@@ -664,9 +684,9 @@ class Store:
                 if done:
                     count += 1
                     db.execute(
-                        "UPDATE job_executions SET status = 'interrupted', completed_at = ?, error = ? "
-                        "WHERE job_id = ? AND status = 'running'",
-                        (now, reason.format(worker_id=job["worker_id"]), job["id"]),
+                        "UPDATE job_executions SET status = 'interrupted', completed_at = :now, error = :error "
+                        "WHERE (job_seq = :seq OR (job_seq IS NULL AND job_id = :id)) AND status = 'running'",
+                        {"now": now, "error": reason.format(worker_id=job["worker_id"]), "seq": job["seq"], "id": job["id"]},
                     )
         return count
 
@@ -732,9 +752,9 @@ class Store:
                     execution_id = f"{self._attempt_prefix}-{self._attempt_count:010d}"
                     claimed.append((rows[job_id], AttemptRef(job_id, seq, execution_id, worker_id)))
             db.executemany(
-                "INSERT INTO job_executions (id, job_id, worker_id, status, started_at, attempt) "
-                "VALUES (?, ?, ?, 'running', ?, ?)",
-                [(ref.execution_id, ref.job_id, worker_id, now, row["attempts"]) for row, ref in claimed],
+                "INSERT INTO job_executions (id, job_id, job_seq, worker_id, status, started_at, attempt) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                [(ref.execution_id, ref.job_id, ref.seq, worker_id, now, row["attempts"]) for row, ref in claimed],
             )
         return claimed
 

@@ -177,3 +177,34 @@ def test_gigq_job_with_explicit_pass_parent_results_off(db_path):
     assert queue.get_result(parent["id"]) == 4
     assert queue.get_result(child["id"]) == "absent"
     queue.close()
+
+
+def test_attempts_written_by_gigq_and_by_us_are_found_and_cleared_together(db_path):
+    """GigQ's execution rows have no job_seq: they are found by job id, ours by the job's rowid,
+    and clear_completed removes both."""
+    add, total, done, failed = build_gigq_database(db_path)
+    queue = JobQueue(db_path)
+    worker = Worker(db_path)
+    try:
+        assert worker.process_one() is True  # `add` runs here: an attempt row of ours
+    finally:
+        worker.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        seqs = dict(conn.execute("SELECT job_id, job_seq FROM job_executions").fetchall())
+        (add_rowid,) = conn.execute("SELECT rowid FROM jobs WHERE id = ?", (add["id"],)).fetchone()
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+    assert seqs == {done["id"]: None, add["id"]: add_rowid}
+    assert "idx_job_executions_seq" in indexes and "idx_job_executions_job" not in indexes
+    assert [e["worker_id"] for e in queue.get_status(done["id"])["executions"]] == ["worker-old"]
+    assert [e["status"] for e in queue.get_status(add["id"])["executions"]] == ["completed"]
+
+    assert queue.clear_completed() == 2  # `done earlier` and `add`
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM job_executions").fetchone()[0] == 0
+    finally:
+        conn.close()
+    queue.close()
