@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import ValidationError, WaitTimeout
 from .model import FINAL, Job, JobStatus, check_job_options, status_value
-from .serialize import decode_value, dump_callable, encode_value
+from .serialize import Encoded, decode_value, dump_callable, encode_value
 from .store import JobRow, Store
 
 _HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")
@@ -48,8 +48,9 @@ def job_row(
     keys_by_function: Dict[int, str],
     workflow: Optional[str] = None,
     job_key: Optional[str] = None,
+    params: Optional[Encoded] = None,
 ) -> JobRow:
-    """Validate one job and encode it as a row for Store.insert_jobs."""
+    """Validate one job and encode it as a row for Store.insert_jobs (`params`: already encoded)."""
     if not isinstance(job, Job):
         raise TypeError(f"expected a Job, got {type(job).__name__}")
     if job.params is not None and not isinstance(job.params, dict):
@@ -66,7 +67,7 @@ def job_row(
         key, blob = dump_callable(job.function)
         functions[key] = blob
         keys_by_function[id(job.function)] = key
-    params_text, params_blob = encode_value(job.params or {}, what=f"params of job {job.name!r}")
+    params_text, params_blob = params or encode_value(job.params or {}, what=f"params of job {job.name!r}")
     if len(job.dependencies) != len(set(job.dependencies)):
         raise ValidationError(f"job {job.name!r} lists the same dependency twice")
     if job.id in job.dependencies:
@@ -121,17 +122,26 @@ class JobQueue:
         return self.submit_many([job])[0]
 
     def submit_many(
-        self, jobs: Sequence[Job], *, workflow: Optional[str] = None, job_keys: Optional[Dict[str, str]] = None
+        self,
+        jobs: Sequence[Job],
+        *,
+        workflow: Optional[str] = None,
+        job_keys: Optional[Dict[str, str]] = None,
+        params: Optional[Dict[str, Encoded]] = None,
     ) -> List[str]:
         """Validate every job, then store them all in one transaction (or none).
 
-        `workflow` names the Workflow they belong to; `job_keys` are their resume keys.
+        `workflow` names the Workflow they belong to; `job_keys` are their resume keys and
+        `params` their params already encoded (both by job id, from resume.plan_resume).
         """
         jobs = list(jobs)
         functions: Dict[str, bytes] = {}
         keys: Dict[int, str] = {}
         job_keys = job_keys or {}
-        rows = {job.id: job_row(job, functions, keys, workflow, job_keys.get(job.id)) for job in jobs}
+        params = params or {}
+        rows = {
+            job.id: job_row(job, functions, keys, workflow, job_keys.get(job.id), params.get(job.id)) for job in jobs
+        }
         ordered = topological_order(jobs)
         already = self.store.existing_ids(list(rows))
         if already:

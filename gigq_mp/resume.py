@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from .jobqueue import topological_order
 from .model import Job
-from .serialize import dump_callable, encode_value
+from .serialize import Encoded, dump_callable, encode_value
 
 
 @dataclass
@@ -25,6 +25,7 @@ class ResumePlan:
     """For each job of a workflow: its key, and the existing row it reuses (if any)."""
 
     keys: Dict[str, str]  # job id (as built) -> key
+    params: Dict[str, Encoded] = field(default_factory=dict)  # job id -> its params, encoded once
     reuse: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> id of the existing row
     status: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> status of that row
 
@@ -39,15 +40,17 @@ def callable_key(function) -> str:
     return digest.hexdigest()
 
 
-def job_keys(jobs: Sequence[Job]) -> Dict[str, str]:
-    """A stable key per job; identical jobs (same callable, params and parents) are numbered."""
+def job_keys(jobs: Sequence[Job], params: Optional[Dict[str, Encoded]] = None) -> Dict[str, str]:
+    """A stable key per job; identical jobs (same callable, params and parents) are numbered.
+    The encoded params of each job are left in `params`, so submitting need not encode them again."""
+    params = {} if params is None else params
     by_function: Dict[int, str] = {}
     keys: Dict[str, str] = {}
     seen: Dict[str, int] = {}
     for job in topological_order(list(jobs)):
         if id(job.function) not in by_function:
             by_function[id(job.function)] = callable_key(job.function)
-        text, blob = encode_value(job.params or {}, what=f"params of job {job.name!r}")
+        text, blob = params[job.id] = encode_value(job.params or {}, what=f"params of job {job.name!r}")
         digest = hashlib.sha256(by_function[id(job.function)].encode())
         digest.update(text.encode() if text is not None else blob)
         for parent in job.dependencies:
@@ -60,7 +63,8 @@ def job_keys(jobs: Sequence[Job]) -> Dict[str, str]:
 
 def plan_resume(store, jobs: Sequence[Job], force: bool = False) -> ResumePlan:
     """Match jobs to rows that ran before (none with `force`)."""
-    plan = ResumePlan(job_keys(jobs))
+    plan = ResumePlan({})
+    plan.keys = job_keys(jobs, plan.params)
     if force:
         return plan
     found = store.find_keys(list(plan.keys.values()))

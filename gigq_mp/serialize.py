@@ -45,6 +45,8 @@ def is_exact_json(value: Any) -> bool:
 
 def encode_value(value: Any, what: str = "value") -> Encoded:
     """Encode a param dict or a result; SerializationError names the type that failed."""
+    if value is None or (type(value) is dict and not value):  # most jobs' params, most results: no need to walk them
+        return ("null" if value is None else "{}"), None
     if is_exact_json(value):
         return json.dumps(value), None
     try:

@@ -124,8 +124,9 @@ _INDEXES = [
     # Only unfinished jobs are looked up by status on a hot path, and a full status index
     # would take an insert into its ever-growing `completed` region for every job.
     "CREATE INDEX IF NOT EXISTS idx_jobs_active ON jobs (status) WHERE status = 'pending' OR status = 'running'",
-    "CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs (priority)",
-    "CREATE INDEX IF NOT EXISTS idx_jobs_blocked_by ON jobs (blocked_by)",
+    # Only jobs a failure cancelled have blocked_by; the rest stay out of its index.
+    "CREATE INDEX IF NOT EXISTS idx_jobs_blocked ON jobs (blocked_by) WHERE blocked_by IS NOT NULL",
+    "DROP INDEX IF EXISTS idx_jobs_blocked_by",  # what earlier versions indexed instead
     "CREATE INDEX IF NOT EXISTS idx_jobs_job_key ON jobs (job_key)",
     "CREATE INDEX IF NOT EXISTS idx_job_dependencies_parent ON job_dependencies (depends_on)",
     # A job's attempts are found by the job's rowid, which grows as jobs are submitted: an index
@@ -463,7 +464,8 @@ class Store:
                 (
                     (
                         r.id, r.name, r.function_name, r.function_module, r.function_key, r.params,
-                        r.params_blob, r.priority, json.dumps(r.dependencies), r.max_attempts, r.timeout,
+                        r.params_blob, r.priority, json.dumps(r.dependencies) if r.dependencies else "[]",
+                        r.max_attempts, r.timeout,
                         r.description, r.created_at, now, r.pass_parent_results, r.retry_delay,
                         r.retry_backoff, r.max_memory_mb, r.job_key, r.workflow,
                     )

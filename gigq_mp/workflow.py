@@ -86,7 +86,10 @@ class Workflow:
             if status in BLOCKING:
                 queue.requeue_job(job_id)
         queue.submit_many(
-            [job for job in fresh if job.id not in plan.status], workflow=self.name, job_keys=plan.keys
+            [job for job in fresh if job.id not in plan.status],
+            workflow=self.name,
+            job_keys=plan.keys,
+            params=plan.params,
         )
         return plan
 
