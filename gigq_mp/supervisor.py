@@ -1,6 +1,6 @@
 """The supervisor loop: claim ready jobs, dispatch them, wait, decide, record.
 
-    sync with the store ──> scheduler (ready heap) ──claim──> store (running)
+    sync with the store (tracking.py) ──> scheduler (ready heap) ──claim──> store (running)
           ^                                                      │
           │                            RunJob ──> executor (worker processes)
           │                                                      │
@@ -17,36 +17,33 @@ from __future__ import annotations
 import atexit
 import collections
 import heapq
-import json
 import logging
 import os
 import random
-import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .messages import Accepted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
-from .model import BLOCKING, FINAL
+from .model import FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
 from .recovery import reclaim_from_dead, register
-from .scheduler import Scheduler, order_key
-from .store import AttemptRef, Store, release_memory, remove_file
+from .scheduler import Scheduler
+from .store import AttemptRef, Store, remove_file
+from .tracking import Tracker, decode_ids
 
 logger = logging.getLogger("gigq_mp.supervisor")
 
 RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
-SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
 QUEUED_SECONDS = 0.02  # ...about this much work per worker process...
 MAX_DEPTH = 64  # ...and at most this many jobs
 CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
-RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
@@ -75,12 +72,6 @@ class Attempt:
     deadline: Optional[float] = None
     pid: Optional[int] = None
     peak_mb: float = 0.0
-
-
-def decode_ids(text: Optional[str]) -> List[str]:
-    """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
-    is then one string however many children name it."""
-    return [] if not text or text == "[]" else [sys.intern(i) for i in json.loads(text)]
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -116,7 +107,6 @@ class Supervisor:
         self.worker_id = worker_id
         self.polling_interval = polling_interval
         self.grace_period = grace_period
-        self.scope = scope
         self.clock = clock
         self.max_memory_mb = max_memory_mb  # for jobs that set none
         self.heartbeat_timeout = heartbeat_timeout  # when a supervisor on another host counts as dead
@@ -137,16 +127,14 @@ class Supervisor:
         )
         self.executor: Optional[Executor] = executor  # started early by the caller, or on first use
         self.scheduler = Scheduler()
+        self.tracker = Tracker(store, self.scheduler, scope=scope, targets=targets or (), counts=self.counts, clock=clock)
         self.running: Dict[str, Attempt] = {}
-        self.open_targets: Set[str] = set(targets or ())  # jobs run(until=...) waits for
+        self.open_targets = self.tracker.open_targets  # jobs run(until=...) waits for
         self._targets = frozenset(targets or ())
         self.finished_attempts = 0
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
-        self._version: Optional[int] = None
-        self._cursor: Optional[Tuple[int, int]] = None  # how far we have read the change log
-        self._last_sync = float("-inf")
         self._stop = threading.Event()
         self._cold = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -321,136 +309,12 @@ class Supervisor:
             self.executor = self._executor_factory()
         return self.executor
 
-    # -- sync with the database -----------------------------------------------------------------
-
     def _sync(self, force: bool = False) -> None:
-        """Catch up with what other processes wrote: read the change log past our cursor,
-        or, on the first call (or when the log was pruned past us), every pending job."""
-        now = self.clock()
-        version = self.store.data_version()
-        if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
-            return
-        self._version, self._last_sync = version, now
-        if not force and self._cursor is not None:
-            changes = self.store.changes_since(self._cursor)
-            if changes is not None:
-                self._cursor, rows = changes
-                self._apply_changes(rows)
-                return
-            logger.info("the change log no longer reaches this supervisor's cursor; rescanning")
-        self._cursor = self.store.change_cursor()
-        self._rescan()
-
-    def _rescan(self) -> None:
-        """Read every pending job: ids first, then their rows a chunk at a time, so a
-        100,000-job DAG never holds all its rows in memory at once."""
-        pending_ids = {sys.intern(i) for i in self.store.pending_ids()}
-        if self.scope is not None:
-            pending_ids &= self.scope
-        for job_id in self.scheduler.pending_ids() - pending_ids:
-            self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
-        for rows in self.store.pending_states(RESCAN_CHUNK):
-            self._track([r for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler], pending_ids)
-        self._resolve_external_parents()
-        self._refresh_targets()
-        release_memory()
-
-    def _apply_changes(self, rows: list) -> None:
-        """Jobs that were inserted or changed status, by anyone (our own changes included)."""
-        new_rows = []
-        for row in {row["id"]: row for row in rows}.values():  # a new job may also have changed
-            job_id, status = row["id"], row["status"]
+        """Catch up with other processes' writes (tracking.py); stop the jobs running here
+        that someone else changed meanwhile."""
+        for job_id, status in self.tracker.sync(self.running, force):
             if job_id in self.running:
-                if status != "running":
-                    self._taken_away(self.running[job_id], status)
-                continue
-            if status == "pending":
-                if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
-                    new_rows.append(row)  # submitted, requeued or revived elsewhere
-                continue
-            if job_id in self.scheduler:
-                self.scheduler.discard(job_id)  # cancelled elsewhere
-            if status in FINAL:
-                self.open_targets.discard(job_id)
-            if self.scheduler.is_awaited(job_id):  # a parent finished in another supervisor
-                if status == "completed":
-                    self.scheduler.parent_completed(job_id)
-                elif status in BLOCKING:
-                    self._forget(self.store.cascade(job_id, status))
-        self._track(new_rows)
-
-    def _track(self, rows: list, also_pending: Set[str] = frozenset()) -> None:
-        """Start tracking pending jobs. A parent counts as unfinished if tracked here, among
-        `rows` or in `also_pending`; otherwise its status is read."""
-        deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
-
-        def pending(job_id: str) -> bool:
-            return job_id in self.scheduler or job_id in deps_of or job_id in also_pending
-
-        unknown = {p for deps in deps_of.values() for p in deps if not pending(p)}
-        statuses = self.store.statuses(list(unknown))
-        wall, mono = datetime.now(), self.clock()
-        blocked = []
-        for row in rows:
-            job_id, deps = sys.intern(row["id"]), deps_of[row["id"]]
-            unfinished = []
-            for parent in deps:
-                status = "pending" if pending(parent) else None
-                if status is None and parent in statuses:
-                    status = statuses[parent]["status"]
-                if status is None or status in BLOCKING:
-                    blocked.append((job_id, parent, statuses.get(parent)))
-                    break
-                if status != "completed":
-                    unfinished.append(parent)
-            else:
-                self.scheduler.add(
-                    job_id,
-                    order_key(row["priority"], row["created_at"], row["seq"]),
-                    unfinished,
-                    self._eligible_at(row["retry_after"], wall, mono),
-                )
-        for job_id, parent, parent_row in blocked:
-            if parent_row is None:
-                self.store.block(job_id, f"dependency {parent} does not exist", parent)
-                self._forget([job_id] + self.store.cascade(job_id, "cancelled"))
-            else:
-                self._forget(self.store.cascade(parent, parent_row["status"]))
-
-    @staticmethod
-    def _eligible_at(retry_after: Optional[str], wall: datetime, mono: float) -> Optional[float]:
-        if not retry_after:
-            return None
-        try:
-            wait = (datetime.fromisoformat(retry_after) - wall).total_seconds()
-        except ValueError:
-            return None
-        return mono + wait if wait > 0 else None
-
-    def _resolve_external_parents(self) -> None:
-        external = self.scheduler.external_parents() - set(self.running)
-        if not external:
-            return
-        statuses = self.store.statuses(list(external))
-        for parent in external:
-            row = statuses.get(parent)
-            if row is not None and row["status"] == "completed":
-                self.scheduler.parent_completed(parent)
-            elif row is not None and row["status"] in BLOCKING:
-                self._forget(self.store.cascade(parent, row["status"]))
-
-    def _refresh_targets(self) -> None:
-        unseen = [t for t in self.open_targets if t not in self.scheduler and t not in self.running]
-        for job_id, row in self.store.statuses(unseen).items():
-            if row["status"] in FINAL:
-                self.open_targets.discard(job_id)
-
-    def _forget(self, job_ids: Iterable[str]) -> None:
-        """Jobs that ended cancelled because an upstream job failed."""
-        for job_id in job_ids:
-            self.counts["cancelled"] += 1
-            self.scheduler.discard(job_id)
-            self.open_targets.discard(job_id)
+                self._taken_away(self.running[job_id], status)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -610,7 +474,7 @@ class Supervisor:
         self.open_targets.discard(attempt.job_id)
         if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind):
             self.counts[kind] += 1
-            self._forget(self.store.cascade(attempt.job_id, kind))
+            self.tracker.forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
     def _taken_away(self, attempt: Attempt, status: str) -> None:

@@ -1,0 +1,194 @@
+"""Which pending jobs a supervisor may run, kept in step with the store.
+
+Other processes write to the same database: they submit, cancel, requeue, and
+other supervisors finish parents of our jobs. The tracker catches up with all
+of it and tells the scheduler: it reads the change log past its cursor (new
+jobs are the rows past the highest rowid it has seen), or, on the first call
+and when the log no longer reaches back that far, every pending job. Jobs whose
+upstream failed are cascaded to `cancelled` here as well.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
+
+from .model import BLOCKING, FINAL
+from .scheduler import Scheduler, order_key
+from .store import Store, release_memory
+
+logger = logging.getLogger("gigq_mp.tracking")
+
+SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
+RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
+
+
+def decode_ids(text: Optional[str]) -> List[str]:
+    """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
+    is then one string however many children name it."""
+    return [] if not text or text == "[]" else [sys.intern(i) for i in json.loads(text)]
+
+
+def eligible_at(retry_after: Optional[str], wall: datetime, mono: float) -> Optional[float]:
+    """The monotonic time at which a job that must wait until `retry_after` may run."""
+    if not retry_after:
+        return None
+    try:
+        wait = (datetime.fromisoformat(retry_after) - wall).total_seconds()
+    except ValueError:
+        return None
+    return mono + wait if wait > 0 else None
+
+
+class Tracker:
+    """The scheduler's view of the store for one supervisor: jobs in `scope` (all when
+    None), and which of the `targets` have not reached a final status yet."""
+
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        *,
+        scope: Optional[Set[str]],
+        targets: Iterable[str],
+        counts: "collections.Counter[str]",
+        clock: Callable[[], float],
+    ):
+        self.store = store
+        self.scheduler = scheduler
+        self.scope = scope
+        self.open_targets: Set[str] = set(targets)
+        self.counts = counts  # the supervisor's outcome counts: cascaded jobs count as cancelled
+        self.clock = clock
+        self._version: Optional[int] = None
+        self._cursor: Optional[Tuple[int, int]] = None  # how far we have read the change log
+        self._last_sync = float("-inf")
+
+    def sync(self, running: Collection[str], force: bool = False) -> List[Tuple[str, str]]:
+        """Catch up with what other processes wrote: read the change log past our cursor,
+        or, on the first call (or when the log was pruned past us), every pending job.
+
+        `running` holds the jobs running here. Returns (job id, status) for each of them
+        that someone else changed meanwhile (a cancel with kill, most often).
+        """
+        now = self.clock()
+        version = self.store.data_version()
+        if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
+            return []
+        self._version, self._last_sync = version, now
+        if not force and self._cursor is not None:
+            changes = self.store.changes_since(self._cursor)
+            if changes is not None:
+                self._cursor, rows = changes
+                return self._apply_changes(rows, running)
+            logger.info("the change log no longer reaches this supervisor's cursor; rescanning")
+        self._cursor = self.store.change_cursor()
+        self._rescan(running)
+        return []
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Jobs that ended cancelled because an upstream job failed."""
+        for job_id in job_ids:
+            self.counts["cancelled"] += 1
+            self.scheduler.discard(job_id)
+            self.open_targets.discard(job_id)
+
+    def _rescan(self, running: Collection[str]) -> None:
+        """Read every pending job: ids first, then their rows a chunk at a time, so a
+        100,000-job DAG never holds all its rows in memory at once."""
+        pending_ids = {sys.intern(i) for i in self.store.pending_ids()}
+        if self.scope is not None:
+            pending_ids &= self.scope
+        for job_id in self.scheduler.pending_ids() - pending_ids:
+            self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
+        for rows in self.store.pending_states(RESCAN_CHUNK):
+            self._track([r for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler], pending_ids)
+        self._resolve_external_parents(running)
+        self._refresh_targets(running)
+        release_memory()
+
+    def _apply_changes(self, rows: list, running: Collection[str]) -> List[Tuple[str, str]]:
+        """Jobs that were inserted or changed status, by anyone (our own changes included)."""
+        new_rows = []
+        taken_away = []
+        for row in {row["id"]: row for row in rows}.values():  # a new job may also have changed
+            job_id, status = row["id"], row["status"]
+            if job_id in running:
+                if status != "running":
+                    taken_away.append((job_id, status))
+                continue
+            if status == "pending":
+                if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
+                    new_rows.append(row)  # submitted, requeued or revived elsewhere
+                continue
+            if job_id in self.scheduler:
+                self.scheduler.discard(job_id)  # cancelled elsewhere
+            if status in FINAL:
+                self.open_targets.discard(job_id)
+            if self.scheduler.is_awaited(job_id):  # a parent finished in another supervisor
+                if status == "completed":
+                    self.scheduler.parent_completed(job_id)
+                elif status in BLOCKING:
+                    self.forget(self.store.cascade(job_id, status))
+        self._track(new_rows)
+        return taken_away
+
+    def _track(self, rows: list, also_pending: Set[str] = frozenset()) -> None:
+        """Start tracking pending jobs. A parent counts as unfinished if tracked here, among
+        `rows` or in `also_pending`; otherwise its status is read."""
+        deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
+
+        def pending(job_id: str) -> bool:
+            return job_id in self.scheduler or job_id in deps_of or job_id in also_pending
+
+        unknown = {p for deps in deps_of.values() for p in deps if not pending(p)}
+        statuses = self.store.statuses(list(unknown))
+        wall, mono = datetime.now(), self.clock()
+        blocked = []
+        for row in rows:
+            job_id, deps = sys.intern(row["id"]), deps_of[row["id"]]
+            unfinished = []
+            for parent in deps:
+                status = "pending" if pending(parent) else None
+                if status is None and parent in statuses:
+                    status = statuses[parent]["status"]
+                if status is None or status in BLOCKING:
+                    blocked.append((job_id, parent, statuses.get(parent)))
+                    break
+                if status != "completed":
+                    unfinished.append(parent)
+            else:
+                self.scheduler.add(
+                    job_id,
+                    order_key(row["priority"], row["created_at"], row["seq"]),
+                    unfinished,
+                    eligible_at(row["retry_after"], wall, mono),
+                )
+        for job_id, parent, parent_row in blocked:
+            if parent_row is None:
+                self.store.block(job_id, f"dependency {parent} does not exist", parent)
+                self.forget([job_id] + self.store.cascade(job_id, "cancelled"))
+            else:
+                self.forget(self.store.cascade(parent, parent_row["status"]))
+
+    def _resolve_external_parents(self, running: Collection[str]) -> None:
+        external = self.scheduler.external_parents() - set(running)
+        if not external:
+            return
+        statuses = self.store.statuses(list(external))
+        for parent in external:
+            row = statuses.get(parent)
+            if row is not None and row["status"] == "completed":
+                self.scheduler.parent_completed(parent)
+            elif row is not None and row["status"] in BLOCKING:
+                self.forget(self.store.cascade(parent, row["status"]))
+
+    def _refresh_targets(self, running: Collection[str]) -> None:
+        unseen = [t for t in self.open_targets if t not in self.scheduler and t not in running]
+        for job_id, row in self.store.statuses(unseen).items():
+            if row["status"] in FINAL:
+                self.open_targets.discard(job_id)
