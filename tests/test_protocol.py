@@ -1,0 +1,62 @@
+"""The pipe protocol with short jobs sent ahead: a worker process replies to several
+jobs at once and never says "started"; the pool infers starts from the order jobs
+were sent. A job queued behind short ones must still be timed from its own start,
+and the replies held back while it runs must still arrive."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pytest
+
+from gigq_mp import Job, Workflow
+from gigq_mp.errors import WorkflowFailed
+
+from . import jobs
+
+QUICK = 80  # enough short jobs for the supervisor to send them ahead dozens at a time
+
+
+def quick_jobs(wf, count, priority, tag):
+    return [wf.add_job(Job(f"{tag}{i}", jobs.add, params={"a": i, "b": 1}, priority=priority)) for i in range(count)]
+
+
+def completed_at(queue, job):
+    return datetime.fromisoformat(queue.get_status(job.id)["completed_at"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(queue):
+    wf = Workflow("hang behind quick jobs")
+    before = quick_jobs(wf, QUICK, priority=10, tag="before")
+    hang = wf.add_job(Job("hang", jobs.sleep_for, params={"seconds": 60}, timeout=1, max_attempts=1, priority=5))
+    after = quick_jobs(wf, 10, priority=0, tag="after")
+    t0 = time.monotonic()
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)  # one process: the hanging job sits in its queue behind short ones
+    elapsed = time.monotonic() - t0
+    assert elapsed < 15, f"a 1 s timeout took {elapsed:.1f} s to end the run"
+    assert excinfo.value.failures == {
+        hang.id: {"name": "hang", "status": "timeout", "error": queue.get_status(hang.id)["error"]}
+    }
+    results = excinfo.value.results
+    assert [results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
+    assert [results[j.id] for j in after] == [i + 1 for i in range(10)]
+    # the short jobs sent ahead behind the killed one ran again elsewhere, their attempt not counted
+    assert {queue.get_status(j.id)["attempts"] for j in before + after} == {1}
+    # the hanging job ran from its own start, not from when the jobs before it were sent
+    assert (completed_at(queue, hang) - completed_at(queue, before[-1])).total_seconds() >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_replies_held_back_while_a_long_job_runs_still_arrive(queue):
+    wf = Workflow("quick then slow")
+    before = quick_jobs(wf, QUICK, priority=10, tag="before")
+    slow = wf.add_job(Job("slow", jobs.sleep_for, params={"seconds": 3}, priority=5))
+    wf.run(queue, workers=1)
+    # the last short job's reply left the worker while `slow` ran, not after it
+    gap = (completed_at(queue, slow) - completed_at(queue, before[-1])).total_seconds()
+    assert gap >= 2.5, f"the reply to the job before a 3 s job arrived only {gap:.2f} s before that job ended"
