@@ -10,7 +10,6 @@ the supervisor.
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -22,9 +21,6 @@ from .task import task  # binds the name `task` to the decorator, not the submod
 _EXPORTS = {"JobQueue": "jobqueue", "Worker": "worker", "Workflow": "workflow"}
 
 __all__ = ["Job", "JobStatus", "task", *_EXPORTS, "close_connections", "setup_logging", "__version__"]
-
-logging.getLogger("gigq_mp").addHandler(logging.NullHandler())
-
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
@@ -45,9 +41,13 @@ def close_connections() -> None:
     close_all()
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Opt in to gigq_mp's log messages on stderr."""
-    logger = logging.getLogger("gigq_mp")
+def setup_logging(level: int = 20) -> None:
+    """Opt in to gigq_mp's log messages on stderr (`level`: logging.INFO by default)."""
+    import logging
+
+    from .log import get_logger
+
+    logger = get_logger("gigq_mp")
     logger.setLevel(level)
     for handler in list(logger.handlers):
         if not isinstance(handler, logging.NullHandler):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from enum import Enum
 from typing import Any, Callable, Optional
@@ -85,6 +84,8 @@ class Job:
             retry_delay=retry_delay,
             max_memory_mb=max_memory_mb,
         )
+        import uuid  # here, not at the top: worker processes import this module but make no jobs
+
         self.id = str(uuid.uuid4())
         self.name = name
         self.function = function

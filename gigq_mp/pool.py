@@ -21,7 +21,6 @@ new process takes its place.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import select
 import selectors
@@ -30,15 +29,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-from multiprocessing.connection import Connection
 from typing import Deque, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from .capture import collect
+from .log import get_logger
 from .messages import Accepted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
+from .wire import Pipe
 
-logger = logging.getLogger("gigq_mp.pool")
+logger = get_logger(__name__)
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` puts the current directory first on sys.path; replace it with the directory
@@ -72,7 +72,7 @@ class WorkerProcess:
             start_new_session=True,
         )
         theirs.close()
-        self.conn = Connection(ours.detach())
+        self.conn = Pipe(ours.detach())
         self.pid = self.popen.pid
         try:
             self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir))
@@ -212,7 +212,7 @@ class LocalPool:
         fd = worker.conn.fileno()
         while True:
             try:
-                if not select.select([fd], [], [], 0)[0]:  # cheaper than conn.poll()
+                if not select.select([fd], [], [], 0)[0]:  # nothing more to read now
                     return
                 messages = worker.conn.recv()
             except (EOFError, OSError):

@@ -9,14 +9,15 @@ owner never registered (GigQ's own worker, say) is trusted until its timeout.
 
 from __future__ import annotations
 
-import logging
 import socket
 from datetime import datetime
 from typing import Dict, Optional
 
 import psutil
 
-logger = logging.getLogger("gigq_mp.recovery")
+from .log import get_logger
+
+logger = get_logger(__name__)
 
 
 def seconds_since(timestamp: Optional[str]) -> float:

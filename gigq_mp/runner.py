@@ -18,12 +18,12 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Optional
 
 from .capture import OutputCapture
 from .messages import JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
+from .wire import Pipe
 
 FUNCTION_CACHE_SIZE = 64
 ORPHAN_CHECK_SECONDS = 0.25
@@ -158,7 +158,7 @@ class Outbox:
     supervisor's knowledge that it has started: jobs run in the order sent).
     """
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Pipe):
         self.conn = conn
         self.items: list = []
         self.since = 0.0  # when the oldest waiting reply was added
@@ -211,7 +211,7 @@ class Outbox:
                     return  # the pipe is gone; the serving loop finds out too
 
 
-def serve(conn: Connection, results_dir: Optional[str], capture: Optional[OutputCapture]) -> None:
+def serve(conn: Pipe, results_dir: Optional[str], capture: Optional[OutputCapture]) -> None:
     """Answer RunJob messages until the pipe closes or a None arrives.
 
     Messages travel in lists both ways, so one write can carry several jobs, or
@@ -242,7 +242,7 @@ def serve(conn: Connection, results_dir: Optional[str], capture: Optional[Output
         outbox.close()
 
 
-def receive(conn: Connection, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], block: bool) -> bool:
+def receive(conn: Pipe, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], block: bool) -> bool:
     """Move what the supervisor sent into `jobs` and `pickled`; False when the pipe is closed."""
     fd = conn.fileno()
     while block or select.select([fd], [], [], 0)[0]:
@@ -266,7 +266,7 @@ def main() -> None:
     # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     supervisor_pid = os.getppid()
-    conn = Connection(int(sys.argv[1]))
+    conn = Pipe(int(sys.argv[1]))
     init: WorkerInit = conn.recv()
     sys.path[:] = list(init.sys_path) + [p for p in sys.path if p not in init.sys_path]
     os.chdir(init.cwd)

@@ -7,7 +7,6 @@ the pair `(text, blob)` with exactly one side set (both None means "no value").
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import math
@@ -15,8 +14,6 @@ import os
 import pickle
 import struct
 from typing import Any, Callable, List, Optional, Tuple
-
-import cloudpickle
 
 from .errors import SerializationError
 
@@ -27,6 +24,14 @@ SPILL_BYTES = 1 << 20  # pickled results this large go to a file
 _SPILL_MAGIC = b"gigq_mp-result-1\n"
 
 _JSON_SCALARS = (str, int, bool, type(None))
+
+
+def _cloudpickle() -> Any:
+    """cloudpickle, imported on first use: a worker process whose results are all JSON
+    starts without it (unpickling what it pickled imports it as needed)."""
+    import cloudpickle
+
+    return cloudpickle
 
 
 def is_exact_json(value: Any) -> bool:
@@ -50,7 +55,7 @@ def encode_value(value: Any, what: str = "value") -> Encoded:
     if is_exact_json(value):
         return json.dumps(value), None
     try:
-        return None, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return None, _cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be serialized: {type(exc).__name__}: {exc}"
@@ -75,14 +80,14 @@ def encode_result(value: Any, spill_path: Optional[str]) -> StoredResult:
         return text, blob, None
     buffers: List[pickle.PickleBuffer] = []
     try:
-        head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        head = _cloudpickle().dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise SerializationError(
             f"result of type {type(value).__name__} cannot be serialized: {type(exc).__name__}: {exc}"
         ) from exc
     views = [b.raw() for b in buffers]
     if len(head) + sum(v.nbytes for v in views) < SPILL_BYTES:
-        return None, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), None
+        return None, _cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL), None
     os.makedirs(os.path.dirname(spill_path), mode=0o700, exist_ok=True)
     partial = spill_path + ".partial"
     with open(partial, "wb") as f:
@@ -114,11 +119,13 @@ def load_spilled(path: str) -> Any:
 def dump_callable(function: Callable) -> Tuple[str, bytes]:
     """Cloudpickle a callable; return (key, bytes) where key is a digest of the bytes."""
     try:
-        blob = cloudpickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = _cloudpickle().dumps(function, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SerializationError(
             f"callable {describe_callable(function)} cannot be serialized: {type(exc).__name__}: {exc}"
         ) from exc
+    import hashlib  # here, not at the top: worker processes never need it, and it loads OpenSSL
+
     return hashlib.sha256(blob).hexdigest()[:32], blob
 
 

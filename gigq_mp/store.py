@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -23,13 +22,14 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from .capture import Output
 from .errors import GigqMpError
+from .log import get_logger
 from .model import FINAL, now_iso
 from .schema import migrate
-from .capture import Output
 from .serialize import StoredResult
 
-logger = logging.getLogger("gigq_mp.store")
+logger = get_logger(__name__)
 
 CHANGES_KEPT = 50_000  # change-log rows kept; a supervisor further behind rescans instead
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import collections
 import heapq
-import logging
 import os
 import random
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from .log import get_logger
 from .messages import Accepted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
 from .model import FINAL
 from .pool import Executor, LocalPool
@@ -36,7 +36,7 @@ from .scheduler import Scheduler
 from .store import AttemptRef, Store, remove_file
 from .tracking import Tracker, decode_ids
 
-logger = logging.getLogger("gigq_mp.supervisor")
+logger = get_logger(__name__)
 
 RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import sys
 from datetime import datetime
 from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 
+from .log import get_logger
 from .model import BLOCKING, FINAL
 from .scheduler import Scheduler, order_key
 from .store import Store, release_memory
 
-logger = logging.getLogger("gigq_mp.tracking")
+logger = get_logger(__name__)
 
 SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import uuid
 from typing import Callable, Optional
 
+from .log import get_logger
 from .store import Store
 from .supervisor import Supervisor
 
-logger = logging.getLogger("gigq_mp.worker")
+logger = get_logger(__name__)
 
 
 class Worker:
