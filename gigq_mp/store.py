@@ -365,14 +365,9 @@ class Store:
     def count_by_status(self) -> Dict[str, int]:
         return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
 
-    def statuses(self, ids: Sequence[str], unless: Optional[str] = None) -> Dict[str, sqlite3.Row]:
-        """id -> row(id, name, status, error) for those ids that exist (and whose status
-        is not `unless`: asking only for the jobs that did not complete keeps this small)."""
-        sql = "SELECT id, name, status, error FROM jobs WHERE id IN ({marks})"
-        if unless is None:
-            rows = self._read_in(sql, ids)
-        else:
-            rows = self._read_in(sql + " AND status != ?", ids, unless)
+    def statuses(self, ids: Sequence[str]) -> Dict[str, sqlite3.Row]:
+        """id -> row(id, name, status, error) for those ids that exist."""
+        rows = self._read_in("SELECT id, name, status, error FROM jobs WHERE id IN ({marks})", ids)
         return {row["id"]: row for row in rows}
 
     def count_status(self, ids: Sequence[str], status: str) -> int:
@@ -387,6 +382,12 @@ class Store:
             ids,
         )
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    def outcomes(self, ids: Sequence[str]) -> Dict[str, sqlite3.Row]:
+        """id -> row(id, name, status, error, result, result_blob, result_path): how each
+        job ended (or where it stands), read in one pass."""
+        sql = "SELECT id, name, status, error, result, result_blob, result_path FROM jobs WHERE id IN ({marks})"
+        return {row["id"]: row for row in self._read_in(sql, ids)}
 
     def is_temporary(self) -> bool:
         """An in-memory database: nothing in it outlives this process."""

@@ -181,19 +181,23 @@ class Workflow:
         return f"```mermaid\n{self.to_mermaid()}\n```"
 
     def _outcome(self, queue: JobQueue, ids: List[str], timeout: Optional[float]) -> Dict[str, Any]:
-        rows = queue.store.statuses(ids, unless="completed")
+        rows = queue.store.outcomes(ids)
         unfinished = [i for i, row in rows.items() if row["status"] in ("pending", "running")]
         if unfinished:
             raise WaitTimeout(
                 f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
             )
-        encoded = queue.store.results(ids)
-        results = {i: decode_value(*encoded[i]) for i in ids if i in encoded}
-        failures = {
-            i: {"name": rows[i]["name"], "status": rows[i]["status"], "error": rows[i]["error"]}
-            for i in ids
-            if i not in encoded
-        }
+        results = {}
+        failures = {}
+        for i in ids:
+            row = rows.get(i)
+            if row is None:  # deleted while the workflow ran (clear_completed from elsewhere)
+                name = self.job_map[i].name if i in self.job_map else i
+                failures[i] = {"name": name, "status": "missing", "error": "its row was deleted before the run ended"}
+            elif row["status"] == "completed":
+                results[i] = decode_value(row["result"], row["result_blob"], row["result_path"])
+            else:
+                failures[i] = {"name": row["name"], "status": row["status"], "error": row["error"]}
         self.last_statuses = {i: "completed" for i in results}
         self.last_statuses.update({i: info["status"] for i, info in failures.items()})
         if failures:

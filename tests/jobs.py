@@ -288,3 +288,17 @@ def print_without_newline(tag):
     sys.stderr.write(f"err-{tag}")
     sys.stderr.flush()
     return tag
+
+
+def delete_parent_rows(db_path, parent_results):
+    """Delete the rows of this job's parents from under the running workflow (as a
+    clear_completed in another process would); returns how many went."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        with conn:
+            marks = ",".join("?" * len(parent_results))
+            return conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", list(parent_results)).rowcount
+    finally:
+        conn.close()

@@ -398,3 +398,15 @@ def test_large_results_go_to_a_file_not_the_database_and_reach_dependents(queue,
     assert queue.get_result(big.id) == big_bytes(size)
     assert queue.clear_completed() == 4
     assert not os.path.exists(path)
+
+
+def test_a_job_whose_row_is_deleted_during_the_run_is_reported_missing(queue, db_path):
+    wf = Workflow("rows deleted under it")
+    parent = wf.add_job(Job("parent", jobs.add, params={"a": 1, "b": 1}))
+    deleter = wf.add_job(Job("deleter", jobs.delete_parent_rows, params={"db_path": db_path}), depends_on=[parent])
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    assert excinfo.value.results == {deleter.id: 1}
+    assert excinfo.value.failures == {
+        parent.id: {"name": "parent", "status": "missing", "error": "its row was deleted before the run ended"}
+    }
