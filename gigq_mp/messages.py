@@ -21,6 +21,7 @@ class WorkerInit:
     cwd: str
     results_dir: Optional[str]  # where large results are written (None: keep them inline)
     capture_dir: Optional[str]  # where the job's stdout and stderr are captured (None: not captured)
+    counter_path: Optional[str] = None  # the file counting the jobs this process started (wire.StartCounter)
 
 
 @dataclass(frozen=True)

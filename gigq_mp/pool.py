@@ -10,12 +10,15 @@ Each worker process is started fresh with `subprocess` (never fork, never a
 re-import of `__main__`), leads its own process group, and talks over one end
 of a socket pair. A worker may hold up to `depth` jobs: the one it runs and
 the ones sent ahead so it never waits for the supervisor between short jobs.
-A process runs its jobs in the order sent, so the pool knows which one runs:
-the head of its queue, started when the process said it was ready, when the
-job was sent to an idle process, or when the reply to the job before it came
-(`Accepted`). When its pipe reaches EOF the process has ended: the job it was
-running becomes a `WorkerLost` event, the ones sent ahead `Unstarted`, and a
-new process takes its place.
+A process runs its jobs in the order sent and may hold back replies for a
+moment to send several at once, so it never says "started": it counts the jobs
+it started in a small shared file (wire.StartCounter), and the pool reports a
+job started (`Accepted`: its timeout clock starts) when it sends it to an idle
+process, when the replies before it arrive, or when the counter shows it.
+When its pipe reaches EOF the process has ended: by the counter, the job it
+ran becomes a `WorkerLost` event; the jobs it ended without their replies
+reaching us, and the ones it never started, become `Unstarted` (they run
+again, uncounted); and a new process takes its place.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .log import get_logger
 from .messages import Accepted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
-from .wire import Pipe
+from .wire import Pipe, StartCounter
 
 logger = get_logger(__name__)
 
@@ -44,6 +47,7 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` puts the current directory first on sys.path; replace it with the directory
 # this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
 MAX_FAILED_STARTS = 20
+START_POLL_SECONDS = 0.01  # how often start counters are read while replies may be held back
 
 _RUNNER_CODE = (
     f"import sys; sys.path[0] = {_PACKAGE_PARENT!r}; from gigq_mp.runner import main; main()"
@@ -61,9 +65,11 @@ class Executor(Protocol):
 
 
 class WorkerProcess:
-    """One worker process: its pipe, the jobs it holds, and a mirror of its function cache."""
+    """One worker process: its pipe, the jobs it holds, its start counter, and a mirror
+    of its function cache."""
 
-    def __init__(self, results_dir: Optional[str], capture_dir: Optional[str]) -> None:
+    def __init__(self, results_dir: Optional[str], capture_dir: Optional[str], counter_path: str) -> None:
+        self.counter = StartCounter(counter_path, create=True)
         ours, theirs = socket.socketpair()
         self.popen = subprocess.Popen(
             [sys.executable, "-c", _RUNNER_CODE, str(theirs.fileno())],
@@ -75,15 +81,29 @@ class WorkerProcess:
         self.conn = Pipe(ours.detach())
         self.pid = self.popen.pid
         try:
-            self.conn.send(WorkerInit(tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir))
+            self.conn.send(
+                WorkerInit(
+                    tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir, counter_path
+                )
+            )
         except OSError:
             # Died at birth (killed from outside, say): its EOF reaches wait(), which replaces it.
             logger.warning("worker process %d ended before it started", self.pid)
-        self.jobs: Deque[RunJob] = collections.deque()  # the first one runs, the rest wait
+        self.jobs: Deque[RunJob] = collections.deque()  # sent, not answered yet, in the order sent
         self.functions = FunctionCache()
-        self.jobs_done = 0
+        self.jobs_done = 0  # replies received
+        self.accepted = 0  # jobs (counted from the first ever sent) reported started to the supervisor
         self.answered = False  # has it said it is ready (its first message)?
-        self.head_started = False  # has the job at the head of `jobs` been reported started?
+
+    def running(self) -> Optional[int]:
+        """Where in `jobs` the job this process started last stands (it runs, or it ended and
+        its reply is still on the way); None when it has started none of them."""
+        index = self.counter.read() - self.jobs_done - 1
+        return index if 0 <= index < len(self.jobs) else None
+
+    def unreported(self) -> bool:
+        """Has it jobs that may have started without the supervisor knowing yet?"""
+        return self.answered and self.jobs_done + len(self.jobs) > self.accepted
 
     def send(self, runs: List[RunJob], pickled: Dict[str, Optional[bytes]]) -> None:
         """Send jobs in one write, with the callables this process does not hold yet."""
@@ -124,6 +144,15 @@ class WorkerProcess:
             return kill_tree(self.popen, 0.0)
         return reap(self.popen)
 
+    def started_and_after(self) -> Tuple[List[RunJob], Optional[RunJob], List[RunJob]]:
+        """Its jobs split around the one it started last: (ended, their replies not received;
+        the last started, or None; not started). For a process that is gone."""
+        index = self.running()
+        jobs = list(self.jobs)
+        if index is None:
+            return [], None, jobs
+        return jobs[:index], jobs[index], jobs[index + 1 :]
+
 
 class LocalPool:
     """A fixed number of worker processes on this machine."""
@@ -142,17 +171,25 @@ class LocalPool:
         self.kill_grace = kill_grace
         self.max_tasks_per_worker = max_tasks_per_worker
         self.results_dir = results_dir
-        self.capture_dir = tempfile.mkdtemp(prefix="gigq_mp-capture-") if capture_output else None
+        # Private to this pool: each worker's start counter, and (if wanted) its captured output.
+        self.dir = tempfile.mkdtemp(prefix="gigq_mp-pool-")
+        self.capture_dir = self.dir if capture_output else None
+        self._spawned = 0
         self.workers: List[WorkerProcess] = []
         self._failed_starts = 0  # worker processes in a row that died before answering
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
         self._early: list = []  # events found outside wait(), returned by the next wait()
-        for _ in range(size):
-            self._add_worker()
+        try:
+            for _ in range(size):
+                self._add_worker()
+        except BaseException:
+            self.shutdown()  # the ones already started
+            raise
 
     def _add_worker(self) -> None:
-        worker = WorkerProcess(self.results_dir, self.capture_dir)
+        self._spawned += 1
+        worker = WorkerProcess(self.results_dir, self.capture_dir, os.path.join(self.dir, f"{self._spawned}.started"))
         self.workers.append(worker)
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
@@ -182,20 +219,30 @@ class LocalPool:
             room[worker] -= 1
             batches.setdefault(worker, []).append(run)
         for worker, batch in batches.items():
+            idle = not worker.jobs
             try:
                 worker.send(batch, pickled)
             except OSError:
                 # The process died; its EOF surfaces in wait() and its jobs are reported there.
                 logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
-            self._started(worker, self._early)
+                continue
+            if idle and worker.answered:  # a ready, idle process starts the first one at once
+                self._accept(worker, 0, self._early)
+
+    def _accept(self, worker: WorkerProcess, index: int, events: list) -> None:
+        """Report the job at `index` in the worker's queue started (`Accepted`: its timeout
+        clock starts), unless it was already; the ones before it have ended."""
+        if worker.jobs_done + index >= worker.accepted:
+            worker.accepted = worker.jobs_done + index + 1
+            run = worker.jobs[index]
+            events.append(Accepted(run.job_id, run.attempt, worker.pid))
 
     def _started(self, worker: WorkerProcess, events: list) -> None:
-        """A ready process starts the job at the head of its queue at once: report it
-        (`Accepted`: its timeout clock starts)."""
-        if worker.answered and worker.jobs and not worker.head_started:
-            worker.head_started = True
-            head = worker.jobs[0]
-            events.append(Accepted(head.job_id, head.attempt, worker.pid))
+        """Read the worker's start counter: report the job it started last, if new."""
+        if worker.answered:
+            index = worker.running()
+            if index is not None:
+                self._accept(worker, index, events)
 
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list:
         """Block until a worker answers, a worker ends, a wake fd is readable, or timeout."""
@@ -203,9 +250,18 @@ class LocalPool:
             self._selector.register(fd, selectors.EVENT_READ, None)
             self._wake_fds.add(fd)
         events, self._early = self._early, []
-        for key, _ in self._selector.select(0 if events else timeout):
+        if events:
+            timeout = 0
+        elif any(worker.unreported() for worker in self.workers):
+            # Replies may be held back (a job holding the GIL stops the thread that sends
+            # them): look at the start counters now and then, so a job's clock still starts.
+            timeout = START_POLL_SECONDS if timeout is None else min(timeout, START_POLL_SECONDS)
+        for key, _ in self._selector.select(timeout):
             if key.data is not None and key.data in self.workers:
                 self._collect(key.data, events)
+        for worker in self.workers:
+            if worker.unreported():
+                self._started(worker, events)
         return events
 
     def _collect(self, worker: WorkerProcess, events: list) -> None:
@@ -218,17 +274,30 @@ class LocalPool:
             except (EOFError, OSError):
                 self._lost(worker, events)
                 return
-            events.extend(messages)  # replies, in the order the jobs were sent
             worker.answered = True
             self._failed_starts = 0
-            for _ in messages:
+            for reply in messages:  # in the order the jobs were sent
+                head = worker.jobs[0] if worker.jobs else None
+                if head is None or (reply.job_id, reply.attempt) != (head.job_id, head.attempt):
+                    logger.error(
+                        "worker process %d answered for job %s out of turn; replacing it",
+                        worker.pid,
+                        getattr(reply, "job_id", type(reply).__name__),
+                    )
+                    self._retire(worker)
+                    worker.kill(self.kill_grace)
+                    self._add_worker()
+                    self._report_gone(worker, events, "answered out of turn; it was killed")
+                    return
+                events.append(reply)
                 worker.jobs.popleft()
-                worker.head_started = False
-            worker.jobs_done += len(messages)
+                worker.jobs_done += 1
+            worker.accepted = max(worker.accepted, worker.jobs_done)
             if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
                 self._retire(worker)
                 self._add_worker()
                 worker.close(self.kill_grace + 1.0)
+                worker.counter.close()
                 self._output(worker)
                 return
             self._started(worker, events)
@@ -243,30 +312,44 @@ class LocalPool:
                     f"{self._failed_starts} worker processes in a row ended before answering "
                     f"(the last {describe_exit(returncode)}); is the Python environment broken?"
                 )
-        output = self._output(worker)
-        if worker.jobs and worker.head_started:
-            head = worker.jobs.popleft()
-            events.append(
-                WorkerLost(head.job_id, head.attempt, f"worker process {describe_exit(returncode)}", *output)
-            )
-        else:
+        if not worker.jobs:
             logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
-        events.extend(Unstarted(run.job_id, run.attempt) for run in worker.jobs)
+        self._report_gone(worker, events, describe_exit(returncode))
         self._add_worker()
+
+    def _report_gone(self, worker: WorkerProcess, events: list, how: str) -> None:
+        """A worker process is gone: the job it ran is lost; the ones it ended but whose
+        replies never came, and the ones it never started, are to run again (uncounted)."""
+        output = self._output(worker)
+        ended, last, waiting = worker.started_and_after()
+        events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
+        if last is not None:
+            events.append(WorkerLost(last.job_id, last.attempt, f"worker process {how}", *output))
+        events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
+        worker.counter.close()
 
     def kill(self, job_id: str, status: str, error: str) -> list:
         """Kill the process tree running `job_id` and start a replacement. Returns a `Killed`
         event for the job (with what it printed) and `Unstarted` events for the jobs that
         were sent ahead to the killed process."""
-        for worker in self.workers:
-            if worker.jobs and worker.jobs[0].job_id == job_id:
-                self._retire(worker)
-                worker.kill(self.kill_grace)
-                self._add_worker()
-                head, *ahead = worker.jobs
-                killed = Killed(head.job_id, head.attempt, status, error, *self._output(worker))
-                return [killed] + [Unstarted(run.job_id, run.attempt) for run in ahead]
-        return []
+        events: list = []
+        for worker in list(self.workers):
+            if not any(run.job_id == job_id for run in worker.jobs):
+                continue
+            self._collect(worker, events)  # replies already on their way count
+            index = worker.running() if worker in self.workers else None
+            if index is None or worker.jobs[index].job_id != job_id:
+                return events  # it ended meanwhile, or has not started
+            self._retire(worker)
+            worker.kill(self.kill_grace)
+            self._add_worker()
+            ended, last, waiting = worker.started_and_after()
+            events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
+            events.append(Killed(last.job_id, last.attempt, status, error, *self._output(worker)))
+            events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
+            worker.counter.close()
+            return events
+        return events
 
     def _output(self, worker: WorkerProcess) -> Tuple[str, str]:
         """What a retired worker process printed during its last job (its capture files go)."""
@@ -286,7 +369,8 @@ class LocalPool:
                 worker.kill(self.kill_grace)
             else:
                 worker.close(1.0)
+        for worker in self.workers:
+            worker.counter.close()
         self.workers.clear()
         self._selector.close()
-        if self.capture_dir:
-            shutil.rmtree(self.capture_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)

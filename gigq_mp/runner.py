@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, Dict, Optional
 from .capture import OutputCapture
 from .messages import JobFailed, JobSucceeded, RunJob, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
-from .wire import Pipe
+from .wire import Pipe, StartCounter
 
 FUNCTION_CACHE_SIZE = 64
 ORPHAN_CHECK_SECONDS = 0.25
@@ -211,19 +211,23 @@ class Outbox:
                     return  # the pipe is gone; the serving loop finds out too
 
 
-def serve(conn: Pipe, results_dir: Optional[str], capture: Optional[OutputCapture]) -> None:
+def serve(
+    conn: Pipe, results_dir: Optional[str], capture: Optional[OutputCapture], counter: Optional[StartCounter] = None
+) -> None:
     """Answer RunJob messages until the pipe closes or a None arrives.
 
     Messages travel in lists both ways, so one write can carry several jobs, or
-    the replies to several jobs. The first message says the process is ready;
-    after that the supervisor counts a job as started when the reply to the one
-    before it arrives (or, on an idle process, when it was sent).
+    the replies to several jobs. The first message says the process is ready.
+    There is no "started" message: the pool knows a job started when it sends it
+    to an idle process, when the replies to the jobs before it arrive, or from
+    `counter`, which this loop sets before each job.
     """
     functions = FunctionCache()
     pickled: Dict[str, bytes] = {}  # callables received, not yet loaded into the cache
     jobs: Deque[Optional[RunJob]] = deque()
     conn.send([])  # ready
     outbox = Outbox(conn)
+    started = 0
     try:
         while True:
             if not jobs:
@@ -233,6 +237,9 @@ def serve(conn: Pipe, results_dir: Optional[str], capture: Optional[OutputCaptur
             job = jobs.popleft()
             if job is None:
                 return
+            started += 1
+            if counter is not None:
+                counter.set(started)  # the pool can tell which job runs, replies sent or not
             outbox.add(answer(job, functions, pickled, results_dir, capture))
             if not receive(conn, jobs, pickled, block=False):
                 return
@@ -273,7 +280,12 @@ def main() -> None:
     threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     status = 0
     try:
-        serve(conn, init.results_dir, OutputCapture(init.capture_dir) if init.capture_dir else None)
+        serve(
+            conn,
+            init.results_dir,
+            OutputCapture(init.capture_dir) if init.capture_dir else None,
+            StartCounter(init.counter_path) if init.counter_path else None,
+        )
     except BaseException:
         traceback.print_exc()
         status = 1

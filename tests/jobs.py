@@ -302,3 +302,8 @@ def delete_parent_rows(db_path, parent_results):
             return conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", list(parent_results)).rowcount
     finally:
         conn.close()
+
+
+def hold_the_gil(n):
+    """A C loop that never releases the GIL: no other thread of the process runs meanwhile."""
+    return sum(range(n))

@@ -60,3 +60,44 @@ def test_replies_held_back_while_a_long_job_runs_still_arrive(queue):
     # the last short job's reply left the worker while `slow` ran, not after it
     gap = (completed_at(queue, slow) - completed_at(queue, before[-1])).total_seconds()
     assert gap >= 2.5, f"the reply to the job before a 3 s job arrived only {gap:.2f} s before that job ended"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_crash_behind_short_jobs_fails_only_the_job_that_crashed(queue):
+    wf = Workflow("crash behind quick jobs")
+    before = quick_jobs(wf, QUICK, priority=10, tag="before")
+    crash = wf.add_job(Job("crash", jobs.os_exit, params={"code": 3}, max_attempts=1, priority=5))
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    failures = excinfo.value.failures
+    assert list(failures) == [crash.id], failures
+    assert "exited with code 3" in failures[crash.id]["error"]
+    assert [excinfo.value.results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
+    # replies lost with the process count as not run: each short job has one counted attempt
+    assert {queue.get_status(j.id)["attempts"] for j in before} == {1}
+    assert [e["status"] for e in queue.get_status(crash.id)["executions"]] == ["failed"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(queue):
+    """The thread that sends held-back replies cannot run while the job holds the GIL; the
+    start counter still tells the pool which job runs, so the right one is killed."""
+    wf = Workflow("GIL holder behind quick jobs")
+    before = [
+        wf.add_job(Job(f"before{i}", jobs.add, params={"a": i, "b": 1}, priority=10, timeout=3))
+        for i in range(QUICK)
+    ]
+    hog = wf.add_job(Job("hog", jobs.hold_the_gil, params={"n": 10**11}, timeout=1, max_attempts=1, priority=5))
+    t0 = time.monotonic()
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    assert time.monotonic() - t0 < 20
+    assert list(excinfo.value.failures) == [hog.id]
+    assert excinfo.value.failures[hog.id]["status"] == "timeout"
+    assert [excinfo.value.results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
+    assert [e["status"] for e in queue.get_status(hog.id)["executions"]] == ["timeout"]
+    # no short job was blamed (killed, then retried) for the time the hog ran
+    assert {queue.get_status(j.id)["attempts"] for j in before} == {1}
+    assert {e["status"] for j in before for e in queue.get_status(j.id)["executions"]} == {"completed"}
