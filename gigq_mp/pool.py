@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import os
-import select
 import selectors
 import shutil
 import socket
@@ -78,10 +77,10 @@ class WorkerProcess:
             start_new_session=True,
         )
         theirs.close()
-        self.conn = Pipe(ours.detach())
+        self.conn = Pipe(ours.detach(), nonblocking=True)
         self.pid = self.popen.pid
         try:
-            self.conn.send(
+            self.conn.post(
                 WorkerInit(
                     tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir, counter_path
                 )
@@ -117,11 +116,12 @@ class WorkerProcess:
                 if pickled.get(key) is not None:
                     missing[key] = pickled[key]
         self.jobs.extend(runs)
-        self.conn.send(JobBatch(tuple(runs), missing))
+        self.conn.post(JobBatch(tuple(runs), missing))
 
     def ask_to_exit(self) -> None:
         try:
-            self.conn.send(None)
+            self.conn.post(None)
+            self.conn.flush(wait=1.0)
         except OSError:
             logger.debug("worker process %d already closed its pipe", self.pid)
 
@@ -206,9 +206,12 @@ class LocalPool:
         return sum(self._room(w, depth) for w in self.workers)
 
     def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None:
-        """Send jobs to the workers with the most room, one write per worker.
+        """Send jobs to the workers with the most room, one message per worker.
 
-        `pickled` maps function keys to pickled callables (None: imported by name).
+        Never waits for a worker to read: what its pipe does not take now is written
+        as it drains (wait() watches for that), so a process busy with a long job and a
+        full pipe cannot stall the supervisor. `pickled` maps function keys to pickled
+        callables (None: imported by name).
         """
         room = {worker: self._room(worker, depth) for worker in self.workers}
         batches: Dict[WorkerProcess, List[RunJob]] = {}
@@ -226,8 +229,15 @@ class LocalPool:
                 # The process died; its EOF surfaces in wait() and its jobs are reported there.
                 logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
                 continue
+            self._watch_writes(worker)
             if idle and worker.answered:  # a ready, idle process starts the first one at once
                 self._accept(worker, 0, self._early)
+
+    def _watch_writes(self, worker: WorkerProcess) -> None:
+        """Have wait() wake when the worker's pipe takes more, while posted bytes wait."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.conn.waiting else 0)
+        if self._selector.get_key(worker.conn.fileno()).events != events:
+            self._selector.modify(worker.conn.fileno(), events, worker)
 
     def _accept(self, worker: WorkerProcess, index: int, events: list) -> None:
         """Report the job at `index` in the worker's queue started (`Accepted`: its timeout
@@ -256,24 +266,31 @@ class LocalPool:
             # Replies may be held back (a job holding the GIL stops the thread that sends
             # them): look at the start counters now and then, so a job's clock still starts.
             timeout = START_POLL_SECONDS if timeout is None else min(timeout, START_POLL_SECONDS)
-        for key, _ in self._selector.select(timeout):
-            if key.data is not None and key.data in self.workers:
-                self._collect(key.data, events)
+        for key, mask in self._selector.select(timeout):
+            worker = key.data
+            if worker is None or worker not in self.workers:
+                continue
+            if mask & selectors.EVENT_WRITE:
+                try:
+                    worker.conn.flush()
+                except OSError:  # it ended: its EOF is read below, and its jobs reported
+                    logger.debug("worker process %d stopped reading; its end of the pipe is closed", worker.pid)
+                    worker.conn.drop_posted()
+                self._watch_writes(worker)
+            if mask & selectors.EVENT_READ:
+                self._collect(worker, events)
         for worker in self.workers:
             if worker.unreported():
                 self._started(worker, events)
         return events
 
     def _collect(self, worker: WorkerProcess, events: list) -> None:
-        fd = worker.conn.fileno()
-        while True:
-            try:
-                if not select.select([fd], [], [], 0)[0]:  # nothing more to read now
-                    return
-                messages = worker.conn.recv()
-            except (EOFError, OSError):
-                self._lost(worker, events)
-                return
+        """Take in every reply the worker has sent so far (never waiting for more)."""
+        try:
+            batches, closed = worker.conn.recv_ready()
+        except OSError:
+            batches, closed = [], True
+        for messages in batches:
             worker.answered = True
             self._failed_starts = 0
             for reply in messages:  # in the order the jobs were sent
@@ -300,6 +317,9 @@ class LocalPool:
                 worker.counter.close()
                 self._output(worker)
                 return
+        if closed:
+            self._lost(worker, events)
+        else:
             self._started(worker, events)
 
     def _lost(self, worker: WorkerProcess, events: list) -> None:

@@ -101,3 +101,22 @@ def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(que
     # no short job was blamed (killed, then retried) for the time the hog ran
     assert {queue.get_status(j.id)["attempts"] for j in before} == {1}
     assert {e["status"] for j in before for e in queue.get_status(j.id)["executions"]} == {"completed"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_full_pipe_to_a_busy_worker_does_not_stall_the_supervisor(queue):
+    """Jobs with large params sent ahead to a process that runs a hanging job fill its
+    pipe; the supervisor must still enforce the hanging job's timeout meanwhile."""
+    pad = "x" * 20_000
+    wf = Workflow("full pipe")
+    before = [wf.add_job(Job(f"b{i}", jobs.identity, params={"x": pad}, priority=10)) for i in range(300)]
+    hang = wf.add_job(Job("hang", jobs.sleep_for, params={"seconds": 60}, timeout=1, max_attempts=1, priority=5))
+    after = [wf.add_job(Job(f"a{i}", jobs.identity, params={"x": pad}, priority=0)) for i in range(300)]
+    t0 = time.monotonic()
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    assert time.monotonic() - t0 < 30
+    assert list(excinfo.value.failures) == [hang.id]
+    assert excinfo.value.failures[hang.id]["status"] == "timeout"
+    assert all(excinfo.value.results[j.id] == pad for j in before + after)
