@@ -33,9 +33,10 @@ logger = get_logger(__name__)
 
 CHANGES_KEPT = 50_000  # change-log rows kept; a supervisor further behind rescans instead
 
-# A job's attempts, whoever wrote them: `:id` is the job id.
+# A job's attempts, whoever wrote them: `:id` is the job id. The job id is checked too: a
+# deleted job's rowid may be reused, and GigQ's clear_completed leaves attempt rows behind.
 _EXECUTIONS_OF = """(
-    SELECT e.rowid FROM job_executions e JOIN jobs j ON e.job_seq = j.rowid WHERE j.id = :id
+    SELECT e.rowid FROM job_executions e JOIN jobs j ON e.job_seq = j.rowid AND e.job_id = j.id WHERE j.id = :id
     UNION ALL SELECT rowid FROM job_executions WHERE job_seq IS NULL AND job_id = :id)"""
 
 # The fields the supervisor needs to run an attempt, returned by a successful claim.
@@ -549,7 +550,7 @@ class Store:
                     count += 1
                     db.execute(
                         "UPDATE job_executions SET status = 'interrupted', completed_at = :now, error = :error "
-                        "WHERE (job_seq = :seq OR (job_seq IS NULL AND job_id = :id)) AND status = 'running'",
+                        "WHERE (job_seq = :seq OR job_seq IS NULL) AND job_id = :id AND status = 'running'",
                         {"now": now, "error": reason.format(worker_id=job["worker_id"]), "seq": job["seq"], "id": job["id"]},
                     )
         return count

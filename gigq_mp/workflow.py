@@ -127,9 +127,10 @@ class Workflow:
             progress = None
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
-        # The worker processes start now, so their start-up overlaps with the submission.
-        pool: Optional[LocalPool] = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
+        pool: Optional[LocalPool] = None
         try:
+            # The worker processes start now, so their start-up overlaps with the submission.
+            pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
             self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
             self.last_run = {"total": len(ids), "reused": queue.store.count_status(ids, "completed")}

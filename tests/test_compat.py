@@ -208,3 +208,35 @@ def test_attempts_written_by_gigq_and_by_us_are_found_and_cleared_together(db_pa
     finally:
         conn.close()
     queue.close()
+
+
+def test_a_reused_rowid_does_not_inherit_the_attempts_of_a_deleted_job(db_path):
+    """GigQ's clear_completed deletes jobs but leaves their attempt rows; a new job that
+    gets the same rowid must not show them as its own."""
+    from gigq_mp import Job
+
+    from . import jobs
+
+    queue = JobQueue(db_path)
+    old = queue.submit(Job("old", jobs.add, params={"a": 1, "b": 1}))
+    worker = Worker(db_path)
+    try:
+        assert worker.process_one() is True
+    finally:
+        worker.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            (old_rowid,) = conn.execute("SELECT rowid FROM jobs WHERE id = ?", (old,)).fetchone()
+            conn.execute("DELETE FROM jobs WHERE id = ?", (old,))  # as GigQ's clear_completed does
+    finally:
+        conn.close()
+    new = queue.submit(Job("new", jobs.add, params={"a": 2, "b": 2}))
+    conn = sqlite3.connect(db_path)
+    try:
+        (new_rowid,) = conn.execute("SELECT rowid FROM jobs WHERE id = ?", (new,)).fetchone()
+    finally:
+        conn.close()
+    assert new_rowid == old_rowid  # the case this test is about
+    assert queue.get_status(new)["executions"] == []
+    queue.close()
