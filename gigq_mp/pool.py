@@ -46,7 +46,8 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` puts the current directory first on sys.path; replace it with the directory
 # this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
 MAX_FAILED_STARTS = 20
-START_POLL_SECONDS = 0.01  # how often start counters are read while replies may be held back
+START_POLL_SECONDS = 0.01  # how soon start counters are read after jobs are sent...
+START_POLL_MAX_SECONDS = 0.25  # ...and at the longest, while nothing changes
 
 _RUNNER_CODE = (
     f"import sys; sys.path[0] = {_PACKAGE_PARENT!r}; from gigq_mp.runner import main; main()"
@@ -144,10 +145,9 @@ class WorkerProcess:
             return kill_tree(self.popen, 0.0)
         return reap(self.popen)
 
-    def started_and_after(self) -> Tuple[List[RunJob], Optional[RunJob], List[RunJob]]:
-        """Its jobs split around the one it started last: (ended, their replies not received;
-        the last started, or None; not started). For a process that is gone."""
-        index = self.running()
+    def started_and_after(self, index: Optional[int]) -> Tuple[List[RunJob], Optional[RunJob], List[RunJob]]:
+        """Its jobs split around `index`, the one it started last (from running()): (ended,
+        their replies not received; that one, or None; not started)."""
         jobs = list(self.jobs)
         if index is None:
             return [], None, jobs
@@ -179,7 +179,7 @@ class LocalPool:
         self._failed_starts = 0  # worker processes in a row that died before answering
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
-        self._early: list = []  # events found outside wait(), returned by the next wait()
+        self._poll = START_POLL_SECONDS  # between reads of the start counters; grows while idle
         try:
             for _ in range(size):
                 self._add_worker()
@@ -222,7 +222,6 @@ class LocalPool:
             room[worker] -= 1
             batches.setdefault(worker, []).append(run)
         for worker, batch in batches.items():
-            idle = not worker.jobs
             try:
                 worker.send(batch, pickled)
             except OSError:
@@ -230,8 +229,7 @@ class LocalPool:
                 logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
                 continue
             self._watch_writes(worker)
-            if idle and worker.answered:  # a ready, idle process starts the first one at once
-                self._accept(worker, 0, self._early)
+        self._poll = START_POLL_SECONDS  # look soon for the starts of what was just sent
 
     def _watch_writes(self, worker: WorkerProcess) -> None:
         """Have wait() wake when the worker's pipe takes more, while posted bytes wait."""
@@ -239,33 +237,30 @@ class LocalPool:
         if self._selector.get_key(worker.conn.fileno()).events != events:
             self._selector.modify(worker.conn.fileno(), events, worker)
 
-    def _accept(self, worker: WorkerProcess, index: int, events: list) -> None:
-        """Report the job at `index` in the worker's queue started (`Accepted`: its timeout
-        clock starts), unless it was already; the ones before it have ended."""
-        if worker.jobs_done + index >= worker.accepted:
-            worker.accepted = worker.jobs_done + index + 1
-            run = worker.jobs[index]
-            events.append(Accepted(run.job_id, run.attempt, worker.pid))
-
-    def _started(self, worker: WorkerProcess, events: list) -> None:
-        """Read the worker's start counter: report the job it started last, if new."""
-        if worker.answered:
-            index = worker.running()
-            if index is not None:
-                self._accept(worker, index, events)
+    def _started(self, worker: WorkerProcess, events: list) -> bool:
+        """Read the worker's start counter: report the job it started last (`Accepted`: its
+        timeout clock starts), unless it was already; the ones before it have ended.
+        True when it reported one."""
+        index = worker.running() if worker.answered else None
+        if index is None or worker.jobs_done + index < worker.accepted:
+            return False
+        worker.accepted = worker.jobs_done + index + 1
+        run = worker.jobs[index]
+        events.append(Accepted(run.job_id, run.attempt, worker.pid))
+        return True
 
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list:
         """Block until a worker answers, a worker ends, a wake fd is readable, or timeout."""
         for fd in set(wake_fds) - self._wake_fds:
             self._selector.register(fd, selectors.EVENT_READ, None)
             self._wake_fds.add(fd)
-        events, self._early = self._early, []
-        if events:
-            timeout = 0
-        elif any(worker.unreported() for worker in self.workers):
-            # Replies may be held back (a job holding the GIL stops the thread that sends
-            # them): look at the start counters now and then, so a job's clock still starts.
-            timeout = START_POLL_SECONDS if timeout is None else min(timeout, START_POLL_SECONDS)
+        events: list = []
+        polling = any(worker.unreported() for worker in self.workers)
+        if polling:
+            # A job may start unseen: sent to an idle process, or behind replies held back
+            # (a job holding the GIL stops the thread that sends them). Read the start
+            # counters soon after a send, then less often while nothing changes.
+            timeout = self._poll if timeout is None else min(timeout, self._poll)
         for key, mask in self._selector.select(timeout):
             worker = key.data
             if worker is None or worker not in self.workers:
@@ -279,9 +274,12 @@ class LocalPool:
                 self._watch_writes(worker)
             if mask & selectors.EVENT_READ:
                 self._collect(worker, events)
+        found = False
         for worker in self.workers:
             if worker.unreported():
-                self._started(worker, events)
+                found = self._started(worker, events) or found
+        if polling:
+            self._poll = START_POLL_SECONDS if found else min(self._poll * 2, START_POLL_MAX_SECONDS)
         return events
 
     def _collect(self, worker: WorkerProcess, events: list) -> None:
@@ -304,7 +302,7 @@ class LocalPool:
                     self._retire(worker)
                     worker.kill(self.kill_grace)
                     self._add_worker()
-                    self._report_gone(worker, events, "answered out of turn; it was killed")
+                    self._report_gone(worker, events, None)
                     return
                 events.append(reply)
                 worker.jobs.popleft()
@@ -337,11 +335,15 @@ class LocalPool:
         self._report_gone(worker, events, describe_exit(returncode))
         self._add_worker()
 
-    def _report_gone(self, worker: WorkerProcess, events: list, how: str) -> None:
-        """A worker process is gone: the job it ran is lost; the ones it ended but whose
-        replies never came, and the ones it never started, are to run again (uncounted)."""
+    def _report_gone(self, worker: WorkerProcess, events: list, how: Optional[str]) -> None:
+        """A worker process is gone: the job it ran is lost (`how` says how the process
+        ended; None: we killed it, not the job's fault, so it runs again uncounted too);
+        the ones it ended but whose replies never came, and the ones it never started,
+        run again uncounted."""
         output = self._output(worker)
-        ended, last, waiting = worker.started_and_after()
+        ended, last, waiting = worker.started_and_after(worker.running())
+        if last is not None and how is None:
+            ended, last = ended + [last], None
         events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
         if last is not None:
             events.append(WorkerLost(last.job_id, last.attempt, f"worker process {how}", *output))
@@ -363,7 +365,7 @@ class LocalPool:
             self._retire(worker)
             worker.kill(self.kill_grace)
             self._add_worker()
-            ended, last, waiting = worker.started_and_after()
+            ended, last, waiting = worker.started_and_after(index)  # as read before the kill
             events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
             events.append(Killed(last.job_id, last.attempt, status, error, *self._output(worker)))
             events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)

@@ -47,6 +47,7 @@ CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit cove
 PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
+KILL_RETRY_SECONDS = 0.05  # a kill that found its job not running is tried again this much later
 HEARTBEAT_SECONDS = 5.0  # how often a supervisor says it is alive
 RECLAIM_SECONDS = 2.0  # how often an idle supervisor looks for jobs of dead supervisors
 FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction...
@@ -524,8 +525,14 @@ class Supervisor:
         return events
 
     def _kill(self, attempt: Attempt, status: str, error: str) -> list:
-        attempt.deadline = None  # killed once; the Killed event ends it
-        return self._ensure_executor().kill(attempt.job_id, status, error)
+        deadline, attempt.deadline = attempt.deadline, None  # killed once; the Killed event ends it
+        events = self._ensure_executor().kill(attempt.job_id, status, error)
+        if not any(isinstance(event, Killed) for event in events):
+            # Not running in a worker process at this moment (it just ended, or has not
+            # begun): look again shortly, so a limit can never be dropped.
+            attempt.deadline = self.clock() + KILL_RETRY_SECONDS if status == "timeout" else deadline
+            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.number))
+        return events
 
     # -- stopping -------------------------------------------------------------------------------
 

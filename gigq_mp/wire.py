@@ -21,7 +21,6 @@ import struct
 from typing import Any, Deque, List, Optional, Tuple
 
 _HEADER = struct.Struct("!Q")
-_COUNT = struct.Struct("<Q")
 _SMALL = 64 * 1024  # messages up to this size go out in one write with their header
 _CHUNK = 256 * 1024  # bytes read at a time by recv_ready
 
@@ -92,6 +91,9 @@ class Pipe:
                 chunk = os.read(self._fd, _CHUNK)
             except BlockingIOError:
                 break
+            except ConnectionResetError:  # it died with our bytes unread: the end, as EOF is
+                closed = True
+                break
             if not chunk:
                 closed = True
                 break
@@ -151,17 +153,21 @@ class StartCounter:
                 f.write(bytes(8))
         self._file = open(path, "r+b")
         self._map: Optional["mmap.mmap"] = mmap.mmap(self._file.fileno(), 8)
+        # One aligned 8-byte word: each read and write is a single load or store, never
+        # seen half done (struct.pack_into clears the bytes before it writes them).
+        self._cell = memoryview(self._map).cast("Q")
 
     def read(self) -> int:
-        return _COUNT.unpack_from(self._map, 0)[0] if self._map is not None else 0
+        return self._cell[0] if self._map is not None else 0
 
     def set(self, count: int) -> None:
-        _COUNT.pack_into(self._map, 0, count)
+        self._cell[0] = count
 
     def close(self) -> None:
         """Unmap it (and, in the pool, remove the file); reads give 0 afterwards."""
         if self._map is None:
             return
+        self._cell.release()
         self._map.close()
         self._map = None
         self._file.close()

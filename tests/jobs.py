@@ -307,3 +307,14 @@ def delete_parent_rows(db_path, parent_results):
 def hold_the_gil(n):
     """A C loop that never releases the GIL: no other thread of the process runs meanwhile."""
     return sum(range(n))
+
+
+def sleep_then_exit(seconds, code=5):
+    time.sleep(seconds)
+    os._exit(code)
+
+
+def sleep_with_payload(payload, seconds):
+    """Large params (payload) and a sleep: its worker process reads for a while first."""
+    time.sleep(seconds)
+    return len(payload)

@@ -120,3 +120,53 @@ def test_a_full_pipe_to_a_busy_worker_does_not_stall_the_supervisor(queue):
     assert list(excinfo.value.failures) == [hang.id]
     assert excinfo.value.failures[hang.id]["status"] == "timeout"
     assert all(excinfo.value.results[j.id] == pad for j in before + after)
+
+
+def run_job(job_id, function, **params):
+    import json
+
+    from gigq_mp.messages import RunJob
+
+    return RunJob(job_id, 1, f"tests.jobs:{function}", "tests.jobs", function, json.dumps(params), None, (), None)
+
+
+@pytest.mark.timeout(60)
+def test_replies_that_arrived_before_a_crash_count_though_our_bytes_were_unread():
+    """A worker that dies with jobs we sent still unread in its pipe resets the connection;
+    the replies it sent before that must still be taken, not lost with it."""
+    from gigq_mp.pool import LocalPool
+
+    pool = LocalPool(1)
+    try:
+        worker = pool.workers[0]
+        deadline = time.monotonic() + 20
+        while not worker.answered and time.monotonic() < deadline:
+            pool.wait(0.05)
+        first = [run_job("q1", "add", a=1, b=1), run_job("q2", "add", a=2, b=2),
+                 run_job("crash", "sleep_then_exit", seconds=0.2)]
+        pool.dispatch(first, 64, {})
+        time.sleep(0.05)  # q1 and q2 done, their replies on the way; `crash` sleeping
+        pool.dispatch([run_job("m1", "add", a=1, b=1)], 64, {})  # never read by that process
+        time.sleep(0.5)  # the supervisor busy elsewhere while the process dies
+        events = []
+        while len([e for e in events if type(e).__name__ != "Accepted"]) < 4 and time.monotonic() < deadline:
+            events += pool.wait(0.05)
+    finally:
+        pool.shutdown()
+    outcomes = [(type(e).__name__, e.job_id) for e in events if type(e).__name__ != "Accepted"]
+    assert outcomes == [("JobSucceeded", "q1"), ("JobSucceeded", "q2"), ("WorkerLost", "crash"), ("Unstarted", "m1")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_job_is_timed_from_its_start_not_from_when_it_was_sent(queue):
+    """Large params take a while to reach the worker process; the clock starts when the job
+    does, and a job that then runs past its timeout is still killed."""
+    wf = Workflow("slow to arrive")
+    job = wf.add_job(
+        Job("big", jobs.sleep_with_payload, params={"payload": "x" * (50 << 20), "seconds": 5},
+            timeout=0.5, max_attempts=1)
+    )
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    assert excinfo.value.failures[job.id]["status"] == "timeout"
