@@ -46,7 +46,7 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` puts the current directory first on sys.path; replace it with the directory
 # this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
 MAX_FAILED_STARTS = 20
-START_POLL_SECONDS = 0.01  # how soon start counters are read after jobs are sent...
+START_POLL_SECONDS = 0.002  # how soon start counters are read after jobs are sent...
 START_POLL_MAX_SECONDS = 0.25  # ...and at the longest, while nothing changes
 
 _RUNNER_CODE = (
