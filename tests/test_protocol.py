@@ -26,6 +26,19 @@ def completed_at(queue, job):
     return datetime.fromisoformat(queue.get_status(job.id)["completed_at"])
 
 
+def run_expecting_one_failure(wf, queue, job, status, within):
+    """Run `wf` on one worker process; `job` alone must fail, with `status`, and the whole
+    run must end within `within` seconds. Returns the completed jobs' results."""
+    t0 = time.monotonic()
+    with pytest.raises(WorkflowFailed) as excinfo:
+        wf.run(queue, workers=1)
+    elapsed = time.monotonic() - t0
+    assert elapsed < within, f"the run took {elapsed:.1f} s"
+    assert list(excinfo.value.failures) == [job.id], excinfo.value.failures
+    assert excinfo.value.failures[job.id]["status"] == status
+    return excinfo.value.results
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(queue):
@@ -33,15 +46,8 @@ def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(queue):
     before = quick_jobs(wf, QUICK, priority=10, tag="before")
     hang = wf.add_job(Job("hang", jobs.sleep_for, params={"seconds": 60}, timeout=1, max_attempts=1, priority=5))
     after = quick_jobs(wf, 10, priority=0, tag="after")
-    t0 = time.monotonic()
-    with pytest.raises(WorkflowFailed) as excinfo:
-        wf.run(queue, workers=1)  # one process: the hanging job sits in its queue behind short ones
-    elapsed = time.monotonic() - t0
-    assert elapsed < 15, f"a 1 s timeout took {elapsed:.1f} s to end the run"
-    assert excinfo.value.failures == {
-        hang.id: {"name": "hang", "status": "timeout", "error": queue.get_status(hang.id)["error"]}
-    }
-    results = excinfo.value.results
+    # one worker process: the hanging job sits in its queue behind short ones
+    results = run_expecting_one_failure(wf, queue, hang, "timeout", within=15)
     assert [results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
     assert [results[j.id] for j in after] == [i + 1 for i in range(10)]
     # the short jobs sent ahead behind the killed one ran again elsewhere, their attempt not counted
@@ -90,13 +96,8 @@ def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(que
         for i in range(QUICK)
     ]
     hog = wf.add_job(Job("hog", jobs.hold_the_gil, params={"n": 10**11}, timeout=1, max_attempts=1, priority=5))
-    t0 = time.monotonic()
-    with pytest.raises(WorkflowFailed) as excinfo:
-        wf.run(queue, workers=1)
-    assert time.monotonic() - t0 < 20
-    assert list(excinfo.value.failures) == [hog.id]
-    assert excinfo.value.failures[hog.id]["status"] == "timeout"
-    assert [excinfo.value.results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
+    results = run_expecting_one_failure(wf, queue, hog, "timeout", within=20)
+    assert [results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
     assert [e["status"] for e in queue.get_status(hog.id)["executions"]] == ["timeout"]
     # no short job was blamed (killed, then retried) for the time the hog ran
     assert {queue.get_status(j.id)["attempts"] for j in before} == {1}
@@ -113,13 +114,8 @@ def test_a_full_pipe_to_a_busy_worker_does_not_stall_the_supervisor(queue):
     before = [wf.add_job(Job(f"b{i}", jobs.identity, params={"x": pad}, priority=10)) for i in range(300)]
     hang = wf.add_job(Job("hang", jobs.sleep_for, params={"seconds": 60}, timeout=1, max_attempts=1, priority=5))
     after = [wf.add_job(Job(f"a{i}", jobs.identity, params={"x": pad}, priority=0)) for i in range(300)]
-    t0 = time.monotonic()
-    with pytest.raises(WorkflowFailed) as excinfo:
-        wf.run(queue, workers=1)
-    assert time.monotonic() - t0 < 30
-    assert list(excinfo.value.failures) == [hang.id]
-    assert excinfo.value.failures[hang.id]["status"] == "timeout"
-    assert all(excinfo.value.results[j.id] == pad for j in before + after)
+    results = run_expecting_one_failure(wf, queue, hang, "timeout", within=30)
+    assert all(results[j.id] == pad for j in before + after)
 
 
 def run_job(job_id, function, **params):
