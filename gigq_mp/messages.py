@@ -30,7 +30,7 @@ class RunJob:
     comes in the same `JobBatch`, or (no pickle stored: a GigQ job) is imported by name."""
 
     job_id: str
-    attempt: int
+    attempt: int  # which claim of the job this is, unique within its supervisor; every reply repeats it
     function_key: str
     function_module: str
     function_name: str

@@ -117,7 +117,9 @@ def answer(
         return JobFailed(message.job_id, message.attempt, type(exc).__name__, error, *output, ran, _PID)
     output = capture.stop() if capture is not None else ("", "")
     ran = time.perf_counter() - started
-    spill = None if results_dir is None else os.path.join(results_dir, f"{message.job_id}.{message.attempt}.pickle")
+    # The attempt number is unique within one supervisor; the pid keeps two supervisors apart.
+    name = f"{message.job_id}.{message.attempt}-{_PID}.pickle"
+    spill = None if results_dir is None else os.path.join(results_dir, name)
     try:
         text, blob, path = encode_result(result, spill)
     except Exception as exc:

@@ -73,6 +73,7 @@ class Attempt:
     deadline: Optional[float] = None
     pid: Optional[int] = None
     peak_mb: float = 0.0
+    claim: int = 0  # unique per claim in this supervisor: what RunJob.attempt and replies carry
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -135,6 +136,7 @@ class Supervisor:
         self.finished_attempts = 0
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
+        self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
         self._stop = threading.Event()
         self._cold = threading.Event()
@@ -370,10 +372,11 @@ class Supervisor:
             retry_delay=float(row["retry_delay"] or 0),
             retry_backoff=bool(row["retry_backoff"]),
             max_memory_mb=row["max_memory_mb"] or self.max_memory_mb,
+            claim=self._next_claim(),
         )
         return RunJob(
             job_id=row["id"],
-            attempt=row["attempts"],
+            attempt=self.running[row["id"]].claim,
             function_key=key,
             function_module=row["function_module"],
             function_name=row["function_name"],
@@ -382,6 +385,10 @@ class Supervisor:
             parent_results=tuple((p, *results.get(p, (None, None, None))) for p in parents),
             pass_parent_results=None if row["pass_parent_results"] is None else bool(row["pass_parent_results"]),
         )
+
+    def _next_claim(self) -> int:
+        self._claims += 1
+        return self._claims
 
     def _send(self) -> None:
         """Hand claimed (and committed) jobs to the executor's free slots."""
@@ -404,13 +411,13 @@ class Supervisor:
     def _handle(self, event) -> None:
         """Apply one event from the executor (inside the caller's transaction)."""
         attempt = self.running.get(event.job_id)
-        if attempt is None or event.attempt != attempt.number:
+        if attempt is None or event.attempt != attempt.claim:  # a reply for an earlier claim
             logger.debug("ignoring %r for an attempt that is no longer running", event)
             return
         if isinstance(event, Accepted):
             attempt.started = self.clock()
             attempt.deadline = attempt.started + attempt.timeout
-            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.number))
+            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.claim))
             attempt.pid = event.pid
             if attempt.max_memory_mb:
                 self._limited.add(attempt.job_id)
@@ -502,9 +509,9 @@ class Supervisor:
         return the events to record."""
         events: list = []
         while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, job_id, number = heapq.heappop(self._deadlines)
+            deadline, job_id, claim = heapq.heappop(self._deadlines)
             attempt = self.running.get(job_id)
-            if attempt is not None and attempt.number == number and attempt.deadline == deadline:
+            if attempt is not None and attempt.claim == claim and attempt.deadline == deadline:
                 error = f"timed out after {attempt.timeout:g} s; its worker process tree was killed"
                 events += self._kill(attempt, "timeout", error)
         if self._limited and now >= self._next_memory_check:
@@ -531,7 +538,7 @@ class Supervisor:
             # Not running in a worker process at this moment (it just ended, or has not
             # begun): look again shortly, so a limit can never be dropped.
             attempt.deadline = self.clock() + KILL_RETRY_SECONDS if status == "timeout" else deadline
-            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.number))
+            heapq.heappush(self._deadlines, (attempt.deadline, attempt.job_id, attempt.claim))
         return events
 
     # -- stopping -------------------------------------------------------------------------------

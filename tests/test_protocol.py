@@ -166,3 +166,80 @@ def test_a_job_is_timed_from_its_start_not_from_when_it_was_sent(queue):
     with pytest.raises(WorkflowFailed) as excinfo:
         wf.run(queue, workers=1)
     assert excinfo.value.failures[job.id]["status"] == "timeout"
+
+
+class HeldJobs:
+    """An executor that only holds what it is sent (no processes): a test delivers replies."""
+
+    def __init__(self):
+        self.sent = []
+
+    def free_slots(self, depth):
+        return 8
+
+    def dispatch(self, runs, depth, pickled):
+        self.sent.extend(runs)
+
+    def wait(self, timeout, wake_fds=()):
+        return []
+
+    def kill(self, job_id, status, error):
+        return []
+
+    def shutdown(self):
+        return None
+
+
+def catch_up(supervisor):
+    """Let the supervisor read what other connections wrote (its reads are throttled)."""
+    time.sleep(0.25)
+    supervisor._sync()
+
+
+def claim_all(supervisor):
+    supervisor.store.begin_batch()
+    supervisor._claim(supervisor.clock(), None)
+    supervisor.store.commit_batch()
+    supervisor._send()
+
+
+def deliver(supervisor, event):
+    supervisor.store.begin_batch()
+    supervisor._handle(event)
+    supervisor.store.commit_batch()
+
+
+@pytest.mark.timeout(30)
+def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue, db_path):
+    """Cancelled while it waited in a worker's queue, requeued, claimed again with the same
+    attempt number: the reply the first copy sends later must not count for the second."""
+    from gigq_mp import JobQueue
+    from gigq_mp.messages import JobSucceeded
+    from gigq_mp.supervisor import Supervisor
+
+    job_id = queue.submit(Job("twice", jobs.add, params={"a": 1, "b": 2}))
+    held = HeldJobs()
+    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=held)
+    other = JobQueue(db_path)  # another process's connection: its writes reach the supervisor's sync
+    try:
+        supervisor.tracker.sync(supervisor.running, force=True)
+        claim_all(supervisor)
+        (first,) = held.sent
+        assert other.cancel(job_id, kill=True)
+        catch_up(supervisor)  # sees the cancel: the attempt is closed here
+        assert job_id not in supervisor.running
+        assert other.requeue_job(job_id)
+        catch_up(supervisor)
+        claim_all(supervisor)
+        second = held.sent[-1]
+        assert second.job_id == first.job_id and second.attempt != first.attempt
+        assert other.get_status(job_id)["attempts"] == 1  # the same attempt number in the database
+
+        deliver(supervisor, JobSucceeded(job_id, first.attempt, "100", None, None))  # the stale copy
+        assert other.get_status(job_id)["status"] == "running"
+        deliver(supervisor, JobSucceeded(job_id, second.attempt, "3", None, None))
+        assert other.get_result(job_id) == 3
+    finally:
+        other.close()
+        supervisor.close()
+        supervisor.store.close()
