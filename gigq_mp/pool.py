@@ -13,8 +13,8 @@ the ones sent ahead so it never waits for the supervisor between short jobs.
 A process runs its jobs in the order sent and may hold back replies for a
 moment to send several at once, so it never says "started": it counts the jobs
 it started in a small shared file (wire.StartCounter), and the pool reports a
-job started (`Accepted`: its timeout clock starts) when it sends it to an idle
-process, when the replies before it arrive, or when the counter shows it.
+job started (`Accepted`: its timeout clock starts) when the replies before it
+arrive or when the counter shows it.
 When its pipe reaches EOF the process has ended: by the counter, the job it
 ran becomes a `WorkerLost` event; the jobs it ended without their replies
 reaching us, and the ones it never started, become `Unstarted` (they run
@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from typing import Deque, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from .capture import collect
 from .log import get_logger
@@ -257,8 +257,8 @@ class LocalPool:
         events: list = []
         polling = any(worker.unreported() for worker in self.workers)
         if polling:
-            # A job may start unseen: sent to an idle process, or behind replies held back
-            # (a job holding the GIL stops the thread that sends them). Read the start
+            # A job may start unseen: just sent to an idle process, or behind replies held
+            # back (a job holding the GIL stops the thread that sends them). Read the start
             # counters soon after a send, then less often while nothing changes.
             timeout = self._poll if timeout is None else min(timeout, self._poll)
         for key, mask in self._selector.select(timeout):
@@ -302,7 +302,7 @@ class LocalPool:
                     self._retire(worker)
                     worker.kill(self.kill_grace)
                     self._add_worker()
-                    self._report_gone(worker, events, None)
+                    self._report_gone(worker, events, worker.running(), None)  # not the job's fault
                     return
                 events.append(reply)
                 worker.jobs.popleft()
@@ -332,21 +332,29 @@ class LocalPool:
                 )
         if not worker.jobs:
             logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
-        self._report_gone(worker, events, describe_exit(returncode))
+        how = f"worker process {describe_exit(returncode)}"
+        self._report_gone(
+            worker, events, worker.running(), lambda run, output: WorkerLost(run.job_id, run.attempt, how, *output)
+        )
         self._add_worker()
 
-    def _report_gone(self, worker: WorkerProcess, events: list, how: Optional[str]) -> None:
-        """A worker process is gone: the job it ran is lost (`how` says how the process
-        ended; None: we killed it, not the job's fault, so it runs again uncounted too);
-        the ones it ended but whose replies never came, and the ones it never started,
-        run again uncounted."""
+    def _report_gone(
+        self,
+        worker: WorkerProcess,
+        events: list,
+        index: Optional[int],
+        blame: Optional[Callable[[RunJob, Tuple[str, str]], object]],
+    ) -> None:
+        """A retired worker process is gone: `blame(job, output)` makes the event of the job
+        it ran (at `index`, from running()); with no blame that job runs again uncounted,
+        as do the ones it ended whose replies never came and the ones it never started."""
         output = self._output(worker)
-        ended, last, waiting = worker.started_and_after(worker.running())
-        if last is not None and how is None:
+        ended, last, waiting = worker.started_and_after(index)
+        if last is not None and blame is None:
             ended, last = ended + [last], None
         events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
-        if last is not None:
-            events.append(WorkerLost(last.job_id, last.attempt, f"worker process {how}", *output))
+        if last is not None and blame is not None:
+            events.append(blame(last, output))
         events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
         worker.counter.close()
 
@@ -365,11 +373,9 @@ class LocalPool:
             self._retire(worker)
             worker.kill(self.kill_grace)
             self._add_worker()
-            ended, last, waiting = worker.started_and_after(index)  # as read before the kill
-            events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
-            events.append(Killed(last.job_id, last.attempt, status, error, *self._output(worker)))
-            events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
-            worker.counter.close()
+            self._report_gone(  # with the index read before the kill
+                worker, events, index, lambda run, output: Killed(run.job_id, run.attempt, status, error, *output)
+            )
             return events
         return events
 

@@ -220,9 +220,9 @@ def serve(
 
     Messages travel in lists both ways, so one write can carry several jobs, or
     the replies to several jobs. The first message says the process is ready.
-    There is no "started" message: the pool knows a job started when it sends it
-    to an idle process, when the replies to the jobs before it arrive, or from
-    `counter`, which this loop sets before each job.
+    There is no "started" message: the pool knows a job started when the replies
+    to the jobs before it arrive, or from `counter`, which this loop sets before
+    each job.
     """
     functions = FunctionCache()
     pickled: Dict[str, bytes] = {}  # callables received, not yet loaded into the cache
