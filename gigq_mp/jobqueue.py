@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .errors import ValidationError, WaitTimeout
 from .model import FINAL, Job, JobStatus, check_job_options, status_value
 from .serialize import Encoded, decode_value, dump_callable, encode_value
-from .store import JobRow, Store
+from .store import JobRow, Store, Submission
 
 _HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")
 
@@ -135,6 +135,18 @@ class JobQueue:
         `params` their params already encoded (both by job id, from resume.plan_resume).
         """
         jobs = list(jobs)
+        self.insert(jobs, workflow=workflow, job_keys=job_keys, params=params)
+        return [job.id for job in jobs]
+
+    def insert(
+        self,
+        jobs: List[Job],
+        *,
+        workflow: Optional[str] = None,
+        job_keys: Optional[Dict[str, str]] = None,
+        params: Optional[Dict[str, Encoded]] = None,
+    ) -> Optional[Submission]:
+        """submit_many, returning where the jobs landed (for a supervisor started next)."""
         functions: Dict[str, bytes] = {}
         keys: Dict[int, str] = {}
         job_keys = job_keys or {}
@@ -150,8 +162,7 @@ class JobQueue:
         missing = outside - self.store.existing_ids(list(outside))
         if missing:
             raise ValidationError(f"unknown dependency job ids: {', '.join(sorted(missing))}")
-        self.store.insert_jobs([rows[job.id] for job in ordered], functions)
-        return [job.id for job in jobs]
+        return self.store.insert_jobs([rows[job.id] for job in ordered], functions)
 
     def cancel(self, job_id: str, kill: bool = False) -> bool:
         """Cancel a pending job (and its pending descendants); False if it was not pending.

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 from .jobqueue import topological_order
 from .model import Job
 from .serialize import Encoded, dump_callable, encode_value
+from .store import Submission
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ResumePlan:
     params: Dict[str, Encoded] = field(default_factory=dict)  # job id -> its params, encoded once
     reuse: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> id of the existing row
     status: Dict[str, str] = field(default_factory=dict)  # job id (as built) -> status of that row
+    submission: Optional[Submission] = None  # where the jobs submitted now landed
 
 
 def callable_key(function) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, KeysView, List, Optional, Sequence, Set, Tuple
 
 OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
@@ -58,20 +58,30 @@ class Scheduler:
         """Tracked jobs that are not running here."""
         return {job_id for job_id, state in self._state.items() if state != RUNNING}
 
+    def tracked_ids(self) -> KeysView[str]:
+        """Every tracked job (a live view)."""
+        return self._state.keys()
+
     def add(
-        self, job_id: str, key: OrderKey, unfinished_parents: Iterable[str], eligible_at: Optional[float] = None
+        self, job_id: str, key: OrderKey, unfinished_parents: Sequence[str], eligible_at: Optional[float] = None
     ) -> None:
         """Track a pending job; it becomes ready once every listed parent has completed."""
         self._key[job_id] = key
-        parents = set(unfinished_parents)
-        if parents:
-            self._tokens += 1
-            self._state[job_id] = WAITING
-            self._unfinished[job_id] = [len(parents), self._tokens]
-            for parent in parents:
-                self._children.setdefault(parent, []).append((job_id, self._tokens))
-        else:
+        if not unfinished_parents:
             self._release(job_id, eligible_at)
+            return
+        parents = set(unfinished_parents) if len(unfinished_parents) > 1 else unfinished_parents
+        self._tokens += 1
+        self._state[job_id] = WAITING
+        self._unfinished[job_id] = [len(parents), self._tokens]
+        entry = (job_id, self._tokens)
+        children = self._children
+        for parent in parents:
+            waiting = children.get(parent)
+            if waiting is None:
+                children[parent] = [entry]
+            else:
+                waiting.append(entry)
 
     def _release(self, job_id: str, eligible_at: Optional[float]) -> None:
         if eligible_at is None:
@@ -83,16 +93,20 @@ class Scheduler:
             self._eligible_at[job_id] = eligible_at
             heapq.heappush(self._delayed, (eligible_at, self._key[job_id], job_id))
 
-    def parent_completed(self, parent_id: str) -> None:
-        """A parent completed: its tracked children may become ready."""
+    def parent_completed(self, parent_id: str) -> int:
+        """A parent completed: its tracked children may become ready. Returns how many
+        tracked children were waiting for it."""
+        waited = 0
         for child, token in self._children.pop(parent_id, ()):
             waiting = self._unfinished.get(child)
             if waiting is None or waiting[1] != token or self._state.get(child) != WAITING:
                 continue
+            waited += 1
             waiting[0] -= 1
             if waiting[0] == 0:
                 del self._unfinished[child]
                 self._release(child, None)
+        return waited
 
     def sequence(self, job_id: str) -> int:
         """The tracked job's submission sequence (its rowid in the store)."""
@@ -142,3 +156,39 @@ class Scheduler:
         self._key.pop(job_id, None)
         self._unfinished.pop(job_id, None)
         self._eligible_at.pop(job_id, None)
+
+
+class ResultCache:
+    """Small results of completed parents, kept until each tracked child that waited for
+    them has been claimed: claiming a child then seldom reads its parents back from the
+    store. A child that misses (claimed again after a retry, tracked later, or the cache
+    was full) reads the store instead; results stored in files are never kept here."""
+
+    def __init__(self, max_bytes: int, max_item_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_item_bytes = max_item_bytes
+        self._entries: Dict[str, list] = {}  # job id -> [result, children left, size]
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, job_id: str, result: tuple, children: int) -> None:
+        """Keep `result` (text, blob, path) of `job_id` for `children` claims."""
+        text, blob, path = result
+        size = len(text or "") + len(blob or b"")
+        if children <= 0 or path is not None or size > self.max_item_bytes or self._bytes + size > self.max_bytes:
+            return
+        self._entries[job_id] = [result, children, size]
+        self._bytes += size
+
+    def take(self, job_id: str) -> Optional[tuple]:
+        """The kept result of `job_id` for one child's claim, or None."""
+        entry = self._entries.get(job_id)
+        if entry is None:
+            return None
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._entries[job_id]
+            self._bytes -= entry[2]
+        return entry[0]

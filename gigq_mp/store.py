@@ -88,6 +88,15 @@ class JobRow(NamedTuple):
     workflow: Optional[str]
 
 
+class Submission(NamedTuple):
+    """Jobs just inserted, and where they landed: a supervisor started right after takes
+    them from here instead of reading them back (tracking.Tracker)."""
+
+    rows: List[JobRow]  # in the order inserted
+    first_seq: int  # their rowids: first_seq, first_seq + 1, ...
+    cursor: Tuple[int, int]  # the change cursor right after the insert (see change_cursor)
+
+
 class AttemptRef(NamedTuple):
     """One claimed attempt: the job (by id and rowid), its execution row and its supervisor."""
 
@@ -157,6 +166,7 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction()
+        self._commits = 0  # transactions committed by transaction() (outside any batch)
         self._closed = False
         self._results_dir: Optional[str] = None
         self._owns_results_dir = False  # a throwaway directory of an in-memory database
@@ -218,6 +228,7 @@ class Store:
             finally:
                 self._depth = 0
             self._conn.execute("COMMIT")
+            self._commits += 1
 
     def begin_batch(self) -> None:
         """Open a write transaction that stays open across calls until commit_batch()."""
@@ -283,9 +294,12 @@ class Store:
         if self._owns_results_dir and self._results_dir is not None:
             shutil.rmtree(self._results_dir, ignore_errors=True)
 
-    def data_version(self) -> int:
-        """Changes when another connection commits a write (PRAGMA data_version)."""
-        return self._read("PRAGMA data_version")[0][0]
+    def data_version(self) -> Tuple[int, int]:
+        """Changes when another connection commits a write (PRAGMA data_version), or when
+        this one commits a transaction() outside a batch (another thread's cancel, say:
+        SQLite's data_version does not count the connection's own writes)."""
+        return self._read("PRAGMA data_version")[0][0], self._commits
+
 
     # -- submission -----------------------------------------------------------------------------
 
@@ -307,13 +321,18 @@ class Store:
     def existing_ids(self, ids: Sequence[str]) -> set:
         return {r[0] for r in self._read_in("SELECT id FROM jobs WHERE id IN ({marks})", ids)}
 
-    def insert_jobs(self, rows: List[JobRow], functions: Dict[str, bytes]) -> None:
-        """Insert fully validated job rows (parents first) and their callables, all or nothing."""
+    def insert_jobs(self, rows: List[JobRow], functions: Dict[str, bytes]) -> Optional[Submission]:
+        """Insert fully validated job rows (parents first) and their callables, all or nothing.
+
+        Returns where they landed; None in the rare case their rowids are not consecutive
+        (SQLite picks random rowids once the largest possible one is taken).
+        """
         now = now_iso()
         bulk = len(rows) > 10_000
         with self.transaction() as db:
             if bulk:
                 db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+            (before,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM jobs").fetchone()
             db.executemany(
                 "INSERT OR IGNORE INTO functions (key, blob) VALUES (?, ?)", list(functions.items())
             )
@@ -340,8 +359,16 @@ class Store:
             )
             if bulk:
                 db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
+            cursor = self.change_cursor()
+            landed = rows and db.execute(
+                "SELECT (SELECT id FROM jobs WHERE rowid = ?), (SELECT id FROM jobs WHERE rowid = ?)",
+                (before + 1, before + len(rows)),
+            ).fetchone()
         if bulk:
             release_memory()
+        if rows and (cursor[1] != before + len(rows) or tuple(landed) != (rows[0].id, rows[-1].id)):
+            return None
+        return Submission(rows, before + 1, cursor)
 
     # -- queries for users ----------------------------------------------------------------------
 

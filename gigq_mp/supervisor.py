@@ -32,8 +32,8 @@ from .model import FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
 from .recovery import reclaim_from_dead, register
-from .scheduler import Scheduler
-from .store import AttemptRef, Store, remove_file
+from .scheduler import ResultCache, Scheduler
+from .store import AttemptRef, Store, Submission, remove_file
 from .tracking import Tracker, decode_ids
 
 logger = get_logger(__name__)
@@ -48,6 +48,8 @@ PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
 KILL_RETRY_SECONDS = 0.05  # a kill that found its job not running is tried again this much later
+RESULT_CACHE_BYTES = 32 * 2**20  # small results kept for the children that wait for them...
+RESULT_CACHE_ITEM_BYTES = 64 * 2**10  # ...each at most this large
 HEARTBEAT_SECONDS = 5.0  # how often a supervisor says it is alive
 RECLAIM_SECONDS = 2.0  # how often an idle supervisor looks for jobs of dead supervisors
 FLUSH_SECONDS = 0.02  # the longest a recorded outcome waits in an open transaction...
@@ -103,6 +105,7 @@ class Supervisor:
         max_memory_mb: Optional[float] = None,
         heartbeat_timeout: float = 60.0,
         progress: Optional[Callable[[dict], None]] = None,
+        submission: Optional[Submission] = None,  # jobs just submitted, with `scope`: not read back
         clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
@@ -129,7 +132,11 @@ class Supervisor:
         )
         self.executor: Optional[Executor] = executor  # started early by the caller, or on first use
         self.scheduler = Scheduler()
-        self.tracker = Tracker(store, self.scheduler, scope=scope, targets=targets or (), counts=self.counts, clock=clock)
+        self._parent_results = ResultCache(RESULT_CACHE_BYTES, RESULT_CACHE_ITEM_BYTES)
+        self.tracker = Tracker(
+            store, self.scheduler, scope=scope, targets=targets or (), counts=self.counts, clock=clock,
+            submission=submission,
+        )
         self.running: Dict[str, Attempt] = {}
         self.open_targets = self.tracker.open_targets  # jobs run(until=...) waits for
         self._targets = frozenset(targets or ())
@@ -352,7 +359,13 @@ class Supervisor:
             if job_id not in taken:
                 self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
         parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
-        results = self.store.results([p for deps in parents.values() for p in deps])
+        results = {}
+        for deps in parents.values():
+            for parent in deps:
+                kept = self._parent_results.take(parent)
+                if kept is not None:
+                    results[parent] = kept
+        results.update(self.store.results([p for deps in parents.values() for p in deps if p not in results]))
         self._buffer.extend(
             self._prepare(row, ref, parents[row["id"]], results) for row, ref in claimed
         )
@@ -458,7 +471,7 @@ class Supervisor:
         result = (event.result_text, event.result_blob, event.result_path)
         if self.store.record_success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)):
             self.counts["completed"] += 1
-            self.scheduler.parent_completed(attempt.job_id)
+            self._parent_results.put(attempt.job_id, result, self.scheduler.parent_completed(attempt.job_id))
         else:
             logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
             if event.result_path is not None:

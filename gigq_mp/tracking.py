@@ -4,8 +4,10 @@ Other processes write to the same database: they submit, cancel, requeue, and
 other supervisors finish parents of our jobs. The tracker catches up with all
 of it and tells the scheduler: it reads the change log past its cursor (new
 jobs are the rows past the highest rowid it has seen), or, on the first call
-and when the log no longer reaches back that far, every pending job. Jobs whose
-upstream failed are cascaded to `cancelled` here as well.
+and when the log no longer reaches back that far, every pending job. A
+supervisor started by Workflow.run right after submitting starts from the
+submission instead: those jobs are known, only the rest of its scope is read.
+Jobs whose upstream failed are cascaded to `cancelled` here as well.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 
 from .log import get_logger
 from .model import BLOCKING, FINAL
-from .scheduler import Scheduler, order_key
-from .store import Store, release_memory
+from .scheduler import OrderKey, Scheduler, order_key
+from .store import Store, Submission, release_memory
 
 logger = get_logger(__name__)
 
@@ -31,6 +33,20 @@ def decode_ids(text: Optional[str]) -> List[str]:
     """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
     is then one string however many children name it."""
     return [] if not text or text == "[]" else [sys.intern(i) for i in json.loads(text)]
+
+
+# A pending job as the tracker hands it to the scheduler: id, parent ids, order, retry_after.
+Entry = Tuple[str, List[str], OrderKey, Optional[str]]
+
+
+def _entry(row) -> Entry:
+    """The Entry of a row of Store.job_states / pending_states / changes_since."""
+    return (
+        sys.intern(row["id"]),
+        decode_ids(row["dependencies"]),
+        order_key(row["priority"], row["created_at"], row["seq"]),
+        row["retry_after"],
+    )
 
 
 def eligible_at(retry_after: Optional[str], wall: datetime, mono: float) -> Optional[float]:
@@ -57,6 +73,7 @@ class Tracker:
         targets: Iterable[str],
         counts: "collections.Counter[str]",
         clock: Callable[[], float],
+        submission: Optional[Submission] = None,
     ):
         self.store = store
         self.scheduler = scheduler
@@ -64,9 +81,12 @@ class Tracker:
         self.open_targets: Set[str] = set(targets)
         self.counts = counts  # the supervisor's outcome counts: cascaded jobs count as cancelled
         self.clock = clock
-        self._version: Optional[int] = None
+        self._version: Optional[Tuple[int, int]] = None
         self._cursor: Optional[Tuple[int, int]] = None  # how far we have read the change log
         self._last_sync = float("-inf")
+        # Jobs just submitted, taken as they are on the first sync (only with a scope: a
+        # supervisor of the whole database must read every pending job anyway).
+        self._submission = submission if scope is not None else None
 
     def sync(self, running: Collection[str], force: bool = False) -> List[Tuple[str, str]]:
         """Catch up with what other processes wrote: read the change log past our cursor,
@@ -80,6 +100,9 @@ class Tracker:
         if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
             return []
         self._version, self._last_sync = version, now
+        if self._submission is not None:
+            self._start_from_submission(running)
+            force = False  # and read what changed since the submission
         if not force and self._cursor is not None:
             changes = self.store.changes_since(self._cursor)
             if changes is not None:
@@ -97,6 +120,26 @@ class Tracker:
             self.scheduler.discard(job_id)
             self.open_targets.discard(job_id)
 
+    def _start_from_submission(self, running: Collection[str]) -> None:
+        """Track the jobs just submitted without reading them back; read only the rest of the
+        scope (jobs submitted before, requeued or outside the workflow)."""
+        submission, self._submission = self._submission, None
+        self._cursor = submission.cursor
+        first = submission.first_seq
+        entries = [
+            (sys.intern(row.id), row.dependencies, order_key(row.priority, row.created_at, first + i), None)
+            for i, row in enumerate(submission.rows)
+            if row.id in self.scope
+        ]
+        submitted = {row.id for row in submission.rows}
+        others = [job_id for job_id in self.scope if job_id not in submitted and job_id not in self.scheduler]
+        for row in self.store.job_states(others):
+            if row["status"] == "pending" and row["id"] not in running:
+                entries.append(_entry(row))
+        self._track(entries)
+        self._resolve_external_parents(running)
+        self._refresh_targets(running)
+
     def _rescan(self, running: Collection[str]) -> None:
         """Read every pending job: ids first, then their rows a chunk at a time, so a
         100,000-job DAG never holds all its rows in memory at once."""
@@ -106,7 +149,8 @@ class Tracker:
         for job_id in self.scheduler.pending_ids() - pending_ids:
             self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
         for rows in self.store.pending_states(RESCAN_CHUNK):
-            self._track([r for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler], pending_ids)
+            fresh = [_entry(r) for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler]
+            self._track(fresh, pending_ids)
         self._resolve_external_parents(running)
         self._refresh_targets(running)
         release_memory()
@@ -123,7 +167,7 @@ class Tracker:
                 continue
             if status == "pending":
                 if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
-                    new_rows.append(row)  # submitted, requeued or revived elsewhere
+                    new_rows.append(_entry(row))  # submitted, requeued or revived elsewhere
                 continue
             if job_id in self.scheduler:
                 self.scheduler.discard(job_id)  # cancelled elsewhere
@@ -137,37 +181,32 @@ class Tracker:
         self._track(new_rows)
         return taken_away
 
-    def _track(self, rows: list, also_pending: Set[str] = frozenset()) -> None:
+    def _track(self, entries: List[Entry], also_pending: Set[str] = frozenset()) -> None:
         """Start tracking pending jobs. A parent counts as unfinished if tracked here, among
-        `rows` or in `also_pending`; otherwise its status is read."""
-        deps_of = {row["id"]: decode_ids(row["dependencies"]) for row in rows}
-
-        def pending(job_id: str) -> bool:
-            return job_id in self.scheduler or job_id in deps_of or job_id in also_pending
-
-        unknown = {p for deps in deps_of.values() for p in deps if not pending(p)}
+        `entries` or in `also_pending`; otherwise its status is read."""
+        deps_of = {job_id: deps for job_id, deps, _, _ in entries}
+        tracked = self.scheduler.tracked_ids()
+        unknown = {
+            p for deps in deps_of.values() for p in deps if p not in deps_of and p not in tracked and p not in also_pending
+        }
         statuses = self.store.statuses(list(unknown))
         wall, mono = datetime.now(), self.clock()
         blocked = []
-        for row in rows:
-            job_id, deps = sys.intern(row["id"]), deps_of[row["id"]]
+        add = self.scheduler.add
+        for job_id, deps, key, retry_after in entries:
             unfinished = []
             for parent in deps:
-                status = "pending" if pending(parent) else None
-                if status is None and parent in statuses:
-                    status = statuses[parent]["status"]
-                if status is None or status in BLOCKING:
-                    blocked.append((job_id, parent, statuses.get(parent)))
+                if parent in deps_of or parent in tracked or parent in also_pending:
+                    unfinished.append(parent)  # pending
+                    continue
+                row = statuses.get(parent)
+                if row is None or row["status"] in BLOCKING:
+                    blocked.append((job_id, parent, row))
                     break
-                if status != "completed":
+                if row["status"] != "completed":
                     unfinished.append(parent)
             else:
-                self.scheduler.add(
-                    job_id,
-                    order_key(row["priority"], row["created_at"], row["seq"]),
-                    unfinished,
-                    eligible_at(row["retry_after"], wall, mono),
-                )
+                add(job_id, key, unfinished, eligible_at(retry_after, wall, mono) if retry_after else None)
         for job_id, parent, parent_row in blocked:
             if parent_row is None:
                 self.store.block(job_id, f"dependency {parent} does not exist", parent)

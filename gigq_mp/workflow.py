@@ -77,15 +77,14 @@ class Workflow:
         if not fresh:
             return ResumePlan({})
         if queue.store.is_temporary():
-            queue.submit_many(fresh, workflow=self.name)
-            return ResumePlan({})
+            return ResumePlan({}, submission=queue.insert(fresh, workflow=self.name))
         plan = plan_resume(queue.store, fresh, force)
         apply_resume(self.jobs, plan)  # jobs submitted before also point at reused parents
         self.job_map = {job.id: job for job in self.jobs}
         for job_id, status in plan.status.items():
             if status in BLOCKING:
                 queue.requeue_job(job_id)
-        queue.submit_many(
+        plan.submission = queue.insert(
             [job for job in fresh if job.id not in plan.status],
             workflow=self.name,
             job_keys=plan.keys,
@@ -131,7 +130,7 @@ class Workflow:
         try:
             # The worker processes start now, so their start-up overlaps with the submission.
             pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
-            self.prepare(queue, force)
+            plan = self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
             self.last_run = {"total": len(ids), "reused": queue.store.count_status(ids, "completed")}
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
@@ -144,6 +143,7 @@ class Workflow:
                 targets=set(ids),
                 progress=progress,
                 executor=pool,
+                submission=plan.submission,
             )
             pool = None  # the supervisor owns it now
             deadline = None if timeout is None else time.monotonic() + timeout

@@ -3,13 +3,17 @@ rescanning every pending job: submissions, requeues and cancellations are all se
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from gigq_mp import Job, JobQueue, Worker
+from gigq_mp import Job, JobQueue, Worker, Workflow
+from gigq_mp.errors import WorkflowFailed
 from gigq_mp.store import Store
 
 from . import jobs
-from .util import WorkerThread, wait_terminal
+from .util import WorkerThread, wait_terminal, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,3 +73,71 @@ def test_jobs_submitted_after_clear_completed_are_still_found(db_path):
         statuses = wait_terminal(queue, later, timeout=20)
     assert set(statuses.values()) == {"completed"}
     assert [queue.get_result(i) for i in later] == [10, 11, 12]
+
+
+def test_workflow_run_starts_from_its_own_submission_without_reading_it_back(monkeypatch, db_path):
+    queue = JobQueue(db_path)
+    outside = queue.submit(Job("outside", jobs.add, params={"a": 100, "b": 0}))  # not in the workflow
+    with WorkerThread(Worker(db_path, polling_interval=0.05)):
+        wait_terminal(queue, [outside], timeout=20)
+    wf = Workflow("seeded")
+    early = wf.add_job(Job("early", jobs.add, params={"a": 1, "b": 0}))
+    wf.submit_all(queue)  # submitted before run(): read from the store, not the submission
+    late = wf.add_job(Job("late", jobs.sum_parents), depends_on=[early, outside])
+    tail = wf.add_job(Job("tail", jobs.sum_parents), depends_on=[late])
+    rescans = count_calls(monkeypatch, Store, "pending_ids")
+    read = count_calls(monkeypatch, Store, "job_states")
+    results = wf.run(queue, workers=2, progress=False)
+    assert results == {early.id: 1, late.id: 101, tail.id: 101}
+    assert rescans == []  # no supervisor of the run read every pending job
+    assert [sorted(ids) for (ids,) in read[:1]] == [sorted([early.id, outside])]  # only the rest of its scope
+
+
+def test_a_change_between_submission_and_the_first_sync_is_seen(monkeypatch, db_path):
+    queue = JobQueue(db_path)
+    wf = Workflow("raced")
+    first = wf.add_job(Job("first", jobs.add, params={"a": 1, "b": 1}))
+    doomed = wf.add_job(Job("doomed", jobs.add, params={"a": 2, "b": 2}))
+    below = wf.add_job(Job("below", jobs.sum_parents), depends_on=[doomed])
+    prepare = Workflow.prepare
+
+    def prepare_then_cancel(self, queue, force=False):
+        plan = prepare(self, queue, force)
+        other = JobQueue(db_path)  # another connection, as another process would write
+        assert other.cancel(doomed.id)
+        other.close()
+        return plan
+
+    monkeypatch.setattr(Workflow, "prepare", prepare_then_cancel)
+    with pytest.raises(WorkflowFailed) as caught:
+        wf.run(queue, workers=1, progress=False)
+    assert caught.value.results == {first.id: 2}
+    assert {i: f["status"] for i, f in caught.value.failures.items()} == {doomed.id: "cancelled", below.id: "cancelled"}
+    assert queue.get_status(doomed.id)["attempts"] == 0
+
+
+def test_a_cancel_through_the_same_queue_from_another_thread_reaches_a_running_workflow(db_path):
+    # SQLite's data_version ignores the connection's own writes; the run must see them anyway.
+    queue = JobQueue(db_path)
+    wf = Workflow("cancelled-from-a-notebook-thread")
+    first = wf.add_job(Job("first", jobs.sleep_for, params={"seconds": 1.5}))
+    after = wf.add_job(Job("after", jobs.add, params={"a": 1, "b": 2}), depends_on=[first])
+    slow = wf.add_job(Job("slow", jobs.sleep_for, params={"seconds": 60}))
+    cancelled = []
+
+    def cancel_soon():
+        wait_until(lambda: queue.get_status(slow.id).get("status") == "running", timeout=20, what="slow to start")
+        cancelled.extend([queue.cancel(after.id), queue.cancel(slow.id, kill=True)])
+
+    thread = threading.Thread(target=cancel_soon)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkflowFailed) as caught:
+            wf.run(queue, workers=2, timeout=30, progress=False)
+    finally:
+        thread.join()
+    assert time.monotonic() - started < 15  # ended by the cancels, not by its timeout
+    assert cancelled == [True, True]
+    assert caught.value.results == {first.id: 1.5}
+    assert {i: f["status"] for i, f in caught.value.failures.items()} == {after.id: "cancelled", slow.id: "cancelled"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gigq_mp.scheduler import Scheduler, order_key
+from gigq_mp.scheduler import ResultCache, Scheduler, order_key
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -88,3 +88,30 @@ def test_ties_in_priority_go_to_the_older_created_at_then_submission_order():
     s.add("older", order_key(0, "2026-01-01T00:00:00", 2), [])
     s.add("older-later-row", order_key(0, "2026-01-01T00:00:00", 3), [])
     assert s.pop_ready(0.0, 5) == ["older", "older-later-row", "newer"]
+
+
+def test_parent_completed_counts_the_children_that_waited():
+    s = Scheduler()
+    s.add("p", key(0, 0), [])
+    s.add("c1", key(0, 1), ["p"])
+    s.add("c2", key(0, 2), ["p", "q"])
+    s.add("gone", key(0, 3), ["p"])
+    s.discard("gone")
+    assert s.parent_completed("p") == 2
+    assert s.parent_completed("p") == 0
+
+
+def test_result_cache_serves_each_waiting_child_once_and_keeps_only_small_results():
+    cache = ResultCache(max_bytes=100, max_item_bytes=40)
+    cache.put("p", ("1", None, None), children=2)
+    assert [cache.take("p"), cache.take("p"), cache.take("p")] == [("1", None, None), ("1", None, None), None]
+    cache.put("big", ("x" * 41, None, None), children=1)
+    cache.put("file", (None, None, "/results/f"), children=1)
+    cache.put("nobody", ("1", None, None), children=0)
+    assert len(cache) == 0
+    for i in range(3):
+        cache.put(f"b{i}", (None, b"y" * 40, None), children=1)
+    assert len(cache) == 2  # the third would pass max_bytes
+    assert cache.take("b0") == (None, b"y" * 40, None)
+    cache.put("b2", (None, b"y" * 40, None), children=1)  # room again
+    assert len(cache) == 2
