@@ -4,8 +4,9 @@ The tables `jobs` and `job_executions` keep GigQ 0.5's columns, so GigQ's tools
 read our databases and GigQ's databases open here; the columns we add are
 appended in place. Callables are stored once per distinct pickle in
 `functions`; `job_dependencies` holds the DAG's edges for descendant queries.
-Only the supervisor changes job state after submission, each change a single
-guarded UPDATE whose row count is checked.
+Only the supervisor changes job state after submission, each change a guarded
+UPDATE whose row count is checked (successes in batches: which jobs are still
+ours is read first, inside the same write transaction).
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ class Submission(NamedTuple):
     rows: List[JobRow]  # in the order inserted
     first_seq: int  # their rowids: first_seq, first_seq + 1, ...
     cursor: Tuple[int, int]  # the change cursor right after the insert (see change_cursor)
+
+    @property
+    def seqs(self) -> range:
+        return range(self.first_seq, self.first_seq + len(self.rows))
+
+
+class Success(NamedTuple):
+    """An attempt that succeeded, as Store.record_successes writes it."""
+
+    ref: "AttemptRef"
+    pid: Optional[int]
+    result: StoredResult
+    output: Output
 
 
 class AttemptRef(NamedTuple):
@@ -411,11 +425,20 @@ class Store:
         )
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
-    def outcomes(self, ids: Sequence[str]) -> Dict[str, sqlite3.Row]:
+    def outcomes(self, ids: Sequence[str], seqs: Optional[range] = None) -> Dict[str, sqlite3.Row]:
         """id -> row(id, name, status, error, result, result_blob, result_path): how each
-        job ended (or where it stands), read in one pass."""
-        sql = "SELECT id, name, status, error, result, result_blob, result_path FROM jobs WHERE id IN ({marks})"
-        return {row["id"]: row for row in self._read_in(sql, ids)}
+        job ended (or where it stands). Rows at the rowids `seqs` (a submission's, say) are
+        read in one sequential pass, the rest of `ids` by id."""
+        fields = "id, name, status, error, result, result_blob, result_path"
+        found: Dict[str, sqlite3.Row] = {}
+        if seqs:
+            wanted = set(ids)
+            rows = self._read(f"SELECT {fields} FROM jobs WHERE rowid BETWEEN ? AND ?", (seqs[0], seqs[-1]))
+            found = {row["id"]: row for row in rows if row["id"] in wanted}
+        rest = [i for i in ids if i not in found]
+        rows = self._read_in(f"SELECT {fields} FROM jobs WHERE id IN ({{marks}})", rest)
+        found.update((row["id"], row) for row in rows)
+        return found
 
     def is_temporary(self) -> bool:
         """An in-memory database: nothing in it outlives this process."""
@@ -658,22 +681,33 @@ class Store:
     # running under this attempt's supervisor; False when it no longer was.
     _OURS = "WHERE rowid = ? AND +id = ? AND +status = 'running' AND worker_id = ?"
 
-    def record_success(self, ref: "AttemptRef", pid: Optional[int], result: StoredResult, output: Output) -> bool:
-        """running -> completed with its result (and what it printed)."""
+    def record_successes(self, successes: Sequence[Success]) -> List[bool]:
+        """running -> completed with its result (and what it printed), for each attempt;
+        False for a job no longer running under its attempt's supervisor (its attempt is
+        closed all the same). One statement of each kind for all of them."""
         now = now_iso()
-        text, blob, path = result
         with self.transaction() as db:
-            done = db.execute(
+            ours = set()
+            for chunk in _chunks([s.ref.seq for s in successes]):
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT rowid, id, worker_id FROM jobs WHERE rowid IN ({marks}) AND +status = 'running'", chunk
+                )
+                ours.update(tuple(row) for row in rows)
+            recorded = [s.ref.job_key in ours for s in successes]
+            done = db.executemany(
                 "UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, result_path = ?, "
                 f"error = NULL, completed_at = ?, updated_at = ? {self._OURS}",
-                (text, blob, path, now, now, *ref.job_key),
+                [(*s.result, now, now, *s.ref.job_key) for s, ok in zip(successes, recorded) if ok],
             ).rowcount
-            db.execute(
+            if done != sum(recorded):  # cannot happen: this transaction holds the write lock
+                raise RuntimeError(f"recorded {done} of {sum(recorded)} successes checked a moment before")
+            db.executemany(
                 "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ?, "
                 "stdout = ?, stderr = ? WHERE id = ?",
-                (now, text, pid, *_stored_output(output), ref.execution_id),
+                [(now, s.result[0], s.pid, *_stored_output(s.output), s.ref.execution_id) for s in successes],
             )
-        return bool(done)
+        return recorded
 
     def record_failure(
         self,

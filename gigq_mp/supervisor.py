@@ -33,7 +33,7 @@ from .pool import Executor, LocalPool
 from .proctree import tree_rss
 from .recovery import reclaim_from_dead, register
 from .scheduler import ResultCache, Scheduler
-from .store import AttemptRef, Store, Submission, remove_file
+from .store import AttemptRef, Store, Submission, Success, remove_file
 from .tracking import Tracker, decode_ids
 
 logger = get_logger(__name__)
@@ -145,6 +145,7 @@ class Supervisor:
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
+        self._successes: List[Success] = []  # handled, to be written by _record_successes
         self._stop = threading.Event()
         self._cold = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -190,8 +191,7 @@ class Supervisor:
                 if batch_since is None:
                     self.store.begin_batch()
                     batch_since = now
-                for event in events:
-                    self._handle(event)
+                self._handle_all(events)
                 self._sync()
                 self._housekeeping(now)
                 self._report(now)
@@ -285,6 +285,7 @@ class Supervisor:
     def _close_batch_after_error(self) -> None:
         """Keep the outcomes already applied (their jobs left `running`); roll back if we cannot."""
         try:
+            self._record_successes()
             self.store.commit_batch()
         except Exception:
             logger.exception("could not commit the last batch; rolling it back")
@@ -421,8 +422,15 @@ class Supervisor:
 
     # -- outcomes -------------------------------------------------------------------------------
 
+    def _handle_all(self, events: list) -> None:
+        """Apply events from the executor (inside the caller's transaction): successes are
+        written together at the end, failures and the rest one by one."""
+        for event in events:
+            self._handle(event)
+        self._record_successes()
+
     def _handle(self, event) -> None:
-        """Apply one event from the executor (inside the caller's transaction)."""
+        """Apply one event from the executor; a success is only queued (_record_successes)."""
         attempt = self.running.get(event.job_id)
         if attempt is None or event.attempt != attempt.claim:  # a reply for an earlier claim
             logger.debug("ignoring %r for an attempt that is no longer running", event)
@@ -469,13 +477,22 @@ class Supervisor:
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         result = (event.result_text, event.result_blob, event.result_path)
-        if self.store.record_success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)):
-            self.counts["completed"] += 1
-            self._parent_results.put(attempt.job_id, result, self.scheduler.parent_completed(attempt.job_id))
-        else:
-            logger.warning("job %s was changed by someone else while it ran; result dropped", attempt.job_id)
-            if event.result_path is not None:
-                remove_file(event.result_path)
+        self._successes.append(Success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)))
+
+    def _record_successes(self) -> None:
+        """Write the queued successes in one go; their children may then run."""
+        if not self._successes:
+            return
+        successes, self._successes = self._successes, []
+        for success, recorded in zip(successes, self.store.record_successes(successes)):
+            job_id = success.ref.job_id
+            if recorded:
+                self.counts["completed"] += 1
+                self._parent_results.put(job_id, success.result, self.scheduler.parent_completed(job_id))
+            else:
+                logger.warning("job %s was changed by someone else while it ran; result dropped", job_id)
+                if success.result[2] is not None:
+                    remove_file(success.result[2])
 
     def _failed(
         self, attempt: Attempt, kind: str, error: str, output: Tuple[str, str], seconds: Optional[float] = None
@@ -513,9 +530,7 @@ class Supervisor:
         outcome = "cancelled" if status == "cancelled" else "interrupted"
         output = next(((e.stdout, e.stderr) for e in events if isinstance(e, Killed)), ("", ""))
         self.store.close_attempt(attempt.ref, attempt.pid, outcome, error, output)
-        for event in events:
-            if not isinstance(event, Killed):
-                self._handle(event)
+        self._handle_all([event for event in events if not isinstance(event, Killed)])
 
     def _enforce_limits(self, now: float) -> list:
         """Kill the process tree of every attempt past its deadline or its memory limit;
@@ -565,8 +580,7 @@ class Supervisor:
                 break
             events = self._wait(min(left, self._wait_timeout(self.clock())))
             with self.store.transaction():
-                for event in events:
-                    self._handle(event)
+                self._handle_all(events)
         self._interrupt_running("stopped before it finished")
 
     def _abort(self) -> None:

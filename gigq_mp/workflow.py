@@ -132,7 +132,9 @@ class Workflow:
             pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
             plan = self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
-            self.last_run = {"total": len(ids), "reused": queue.store.count_status(ids, "completed")}
+            submitted = {row.id for row in plan.submission.rows} if plan.submission else set()
+            older = [i for i in ids if i not in submitted]  # jobs just submitted cannot have completed
+            self.last_run = {"total": len(ids), "reused": queue.store.count_status(older, "completed")}
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
             supervisor = Supervisor(
                 queue.store,
@@ -158,7 +160,7 @@ class Workflow:
             finally:
                 supervisor.close()
             self.last_run["attempts"] = supervisor.finished_attempts
-            return self._outcome(queue, ids, timeout)
+            return self._outcome(queue, ids, timeout, plan.submission.seqs if plan.submission else None)
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -181,8 +183,10 @@ class Workflow:
     def _repr_markdown_(self) -> str:
         return f"```mermaid\n{self.to_mermaid()}\n```"
 
-    def _outcome(self, queue: JobQueue, ids: List[str], timeout: Optional[float]) -> Dict[str, Any]:
-        rows = queue.store.outcomes(ids)
+    def _outcome(
+        self, queue: JobQueue, ids: List[str], timeout: Optional[float], seqs: Optional[range] = None
+    ) -> Dict[str, Any]:
+        rows = queue.store.outcomes(ids, seqs)
         unfinished = [i for i, row in rows.items() if row["status"] in ("pending", "running")]
         if unfinished:
             raise WaitTimeout(

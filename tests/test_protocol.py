@@ -205,7 +205,7 @@ def claim_all(supervisor):
 
 def deliver(supervisor, event):
     supervisor.store.begin_batch()
-    supervisor._handle(event)
+    supervisor._handle_all([event])
     supervisor.store.commit_batch()
 
 
@@ -239,6 +239,40 @@ def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue
         assert other.get_status(job_id)["status"] == "running"
         deliver(supervisor, JobSucceeded(job_id, second.attempt, "3", None, None))
         assert other.get_result(job_id) == 3
+    finally:
+        other.close()
+        supervisor.close()
+        supervisor.store.close()
+
+
+@pytest.mark.timeout(30)
+def test_successes_written_together_drop_only_the_job_someone_else_changed(queue, db_path):
+    from gigq_mp import JobQueue
+    from gigq_mp.messages import JobSucceeded
+    from gigq_mp.supervisor import Supervisor
+
+    kept = queue.submit(Job("kept", jobs.add, params={"a": 1, "b": 2}))
+    changed = queue.submit(Job("changed", jobs.add, params={"a": 3, "b": 4}))
+    child = queue.submit(Job("child", jobs.sum_parents, dependencies=[kept]))
+    held = HeldJobs()
+    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=held)
+    other = JobQueue(db_path)
+    try:
+        supervisor.tracker.sync(supervisor.running, force=True)
+        claim_all(supervisor)
+        runs = {run.job_id: run for run in held.sent}
+        assert sorted(runs) == sorted([kept, changed])
+        assert other.cancel(changed, kill=True)  # not yet seen by the supervisor
+        supervisor.store.begin_batch()
+        replies = [JobSucceeded(j, runs[j].attempt, str(v), None, None) for j, v in [(kept, 3), (changed, 7)]]
+        supervisor._handle_all(replies)
+        supervisor.store.commit_batch()
+        assert (other.get_status(kept)["status"], other.get_result(kept)) == ("completed", 3)
+        assert (other.get_status(changed)["status"], other.get_result(changed)) == ("cancelled", None)
+        assert [e["status"] for e in other.get_status(changed)["executions"]] == ["completed"]  # the attempt ran
+        assert supervisor.counts["completed"] == 1
+        claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
+        assert held.sent[-1].job_id == child and held.sent[-1].parent_results[0][:2] == (kept, "3")
     finally:
         other.close()
         supervisor.close()

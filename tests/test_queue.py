@@ -297,3 +297,18 @@ def test_raw_tables_keep_gigq_columns(queue, db_path):
     assert {
         "id", "job_id", "worker_id", "status", "started_at", "completed_at", "result", "error",
     } <= exec_cols
+
+
+def test_a_submission_says_where_its_jobs_landed_and_their_outcomes_are_read_from_there(queue):
+    before = queue.submit(make_job("before"))
+    batch = [make_job(f"b{i}") for i in range(3)]
+    submission = queue.insert(batch)
+    assert [row.id for row in submission.rows] == [job.id for job in batch]
+    rowids = dict(queue.store._conn.execute("SELECT id, rowid FROM jobs").fetchall())
+    assert [rowids[job.id] for job in batch] == list(submission.seqs)
+    queue.store._conn.execute("DELETE FROM jobs WHERE id = ?", (batch[1].id,))
+    wanted = [batch[0].id, batch[1].id, batch[2].id, before]
+    rows = queue.store.outcomes(wanted, submission.seqs)
+    assert sorted(rows) == sorted([batch[0].id, batch[2].id, before])  # the deleted one is missing
+    assert {row["status"] for row in rows.values()} == {"pending"}
+    assert queue.insert([]).rows == []
