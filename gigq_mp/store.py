@@ -11,7 +11,6 @@ ours is read first, inside the same write transaction).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 from .capture import Output
 from .errors import GigqMpError
 from .log import get_logger
+from .memory import release_memory
 from .model import FINAL, now_iso
 from .schema import migrate
 from .serialize import StoredResult
@@ -128,15 +128,6 @@ def close_all() -> None:
     """Close every store this process opened."""
     for store in list(_open_stores):
         store.close()
-
-
-def release_memory() -> None:
-    """Hand memory freed after a bulk operation back to the OS (glibc keeps it otherwise),
-    so a 100,000-job submission does not leave the supervisor tens of MB larger."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        logger.debug("malloc_trim is not available here")
 
 
 def _stored_output(output: Output) -> Tuple[Optional[str], Optional[str]]:

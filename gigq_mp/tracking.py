@@ -21,7 +21,8 @@ from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 from .log import get_logger
 from .model import BLOCKING, FINAL
 from .scheduler import OrderKey, Scheduler, order_key
-from .store import Store, Submission, release_memory
+from .memory import paused_gc, release_memory
+from .store import Store, Submission
 
 logger = get_logger(__name__)
 
@@ -101,7 +102,8 @@ class Tracker:
             return []
         self._version, self._last_sync = version, now
         if self._submission is not None:
-            self._start_from_submission(running)
+            with paused_gc():
+                self._start_from_submission(running)
             force = False  # and read what changed since the submission
         if not force and self._cursor is not None:
             changes = self.store.changes_since(self._cursor)
@@ -110,7 +112,8 @@ class Tracker:
                 return self._apply_changes(rows, running)
             logger.info("the change log no longer reaches this supervisor's cursor; rescanning")
         self._cursor = self.store.change_cursor()
-        self._rescan(running)
+        with paused_gc():
+            self._rescan(running)
         return []
 
     def forget(self, job_ids: Iterable[str]) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import GigqMpError, RemoteTraceback, ValidationError, WaitTimeout, WorkflowFailed
 from .jobqueue import JobQueue
+from .memory import paused_gc
 from .model import BLOCKING, Job
 from .progress import default_progress
 from .runner import in_worker_process
@@ -130,7 +131,8 @@ class Workflow:
         try:
             # The worker processes start now, so their start-up overlaps with the submission.
             pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
-            plan = self.prepare(queue, force)
+            with paused_gc():
+                plan = self.prepare(queue, force)
             ids = [job.id for job in self.jobs]
             submitted = {row.id for row in plan.submission.rows} if plan.submission else set()
             older = [i for i in ids if i not in submitted]  # jobs just submitted cannot have completed
@@ -160,7 +162,8 @@ class Workflow:
             finally:
                 supervisor.close()
             self.last_run["attempts"] = supervisor.finished_attempts
-            return self._outcome(queue, ids, timeout, plan.submission.seqs if plan.submission else None)
+            with paused_gc():
+                return self._outcome(queue, ids, timeout, plan.submission.seqs if plan.submission else None)
         finally:
             if pool is not None:
                 pool.shutdown()

@@ -161,3 +161,15 @@ def test_valid_submission_after_refusals_still_works(populated, db_path):
     job_id = queue.submit(Job("fine", jobs.noop))
     assert queue.get_status(job_id)["status"] == "pending"
     assert queue.stats()["total"] == 2
+
+
+def test_jobs_listed_before_their_parents_are_stored_parents_first(queue):
+    from gigq_mp.jobqueue import topological_order
+
+    parent, child, grandchild = Job("parent", jobs.noop), Job("child", jobs.noop), Job("grandchild", jobs.noop)
+    child.dependencies = [parent.id]
+    grandchild.dependencies = [child.id, parent.id]
+    assert topological_order([grandchild, child, parent]) == [parent, child, grandchild]
+    assert topological_order([parent, child, grandchild]) == [parent, child, grandchild]
+    submission = queue.insert([grandchild, child, parent])
+    assert [row.id for row in submission.rows] == [parent.id, child.id, grandchild.id]
