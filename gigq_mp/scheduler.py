@@ -157,38 +157,3 @@ class Scheduler:
         self._unfinished.pop(job_id, None)
         self._eligible_at.pop(job_id, None)
 
-
-class ResultCache:
-    """Small results of completed parents, kept until each tracked child that waited for
-    them has been claimed: claiming a child then seldom reads its parents back from the
-    store. A child that misses (claimed again after a retry, tracked later, or the cache
-    was full) reads the store instead; results stored in files are never kept here."""
-
-    def __init__(self, max_bytes: int, max_item_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.max_item_bytes = max_item_bytes
-        self._entries: Dict[str, list] = {}  # job id -> [result, children left, size]
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def put(self, job_id: str, result: tuple, children: int) -> None:
-        """Keep `result` (text, blob, path) of `job_id` for `children` claims."""
-        text, blob, path = result
-        size = len(text or "") + len(blob or b"")
-        if children <= 0 or path is not None or size > self.max_item_bytes or self._bytes + size > self.max_bytes:
-            return
-        self._entries[job_id] = [result, children, size]
-        self._bytes += size
-
-    def take(self, job_id: str) -> Optional[tuple]:
-        """The kept result of `job_id` for one child's claim, or None."""
-        entry = self._entries.get(job_id)
-        if entry is None:
-            return None
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del self._entries[job_id]
-            self._bytes -= entry[2]
-        return entry[0]

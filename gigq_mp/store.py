@@ -11,6 +11,7 @@ ours is read first, inside the same write transaction).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import threading
 import uuid
 import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from .capture import Output
 from .errors import GigqMpError
@@ -63,6 +64,7 @@ _CHUNK = 900  # stay far below SQLite's limit on bound variables
 # Guards are written `+status` so the planner looks rows up by id, never by scanning the status index.
 
 _open_stores: "weakref.WeakSet[Store]" = weakref.WeakSet()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class JobRow(NamedTuple):
@@ -159,9 +161,22 @@ def remove_file(path: str) -> None:
         logger.debug("result file %s was already gone", path)
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _queue_write(method: F) -> F:
+    """A queue operation (submit, cancel, ...): counted once written, see Store.data_version."""
+
+    @functools.wraps(method)
+    def counted(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._queue_writes += 1
+
+    return counted  # type: ignore[return-value]
 
 
 class Store:
@@ -171,7 +186,9 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction()
-        self._commits = 0  # transactions committed by transaction() (outside any batch)
+        # Queue operations (submit, cancel, requeue, clear) done on this connection: a
+        # supervisor sharing it must see them, and SQLite's data_version does not count them.
+        self._queue_writes = 0
         self._closed = False
         self._results_dir: Optional[str] = None
         self._owns_results_dir = False  # a throwaway directory of an in-memory database
@@ -233,7 +250,6 @@ class Store:
             finally:
                 self._depth = 0
             self._conn.execute("COMMIT")
-            self._commits += 1
 
     def begin_batch(self) -> None:
         """Open a write transaction that stays open across calls until commit_batch()."""
@@ -260,11 +276,17 @@ class Store:
                 logger.warning("database %s is locked by another process (%.0f s so far); waiting", self.path, waited)
 
     def commit_batch(self) -> None:
-        """Close the batch opened by begin_batch(), committing when it is the outermost."""
+        """Close the batch opened by begin_batch(), committing when it is the outermost
+        (rolled back if the commit fails)."""
         try:
             self._depth -= 1
             if self._depth == 0:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")  # so the next batch starts clean
+                    raise
         finally:
             self._lock.release()
 
@@ -300,11 +322,10 @@ class Store:
             shutil.rmtree(self._results_dir, ignore_errors=True)
 
     def data_version(self) -> Tuple[int, int]:
-        """Changes when another connection commits a write (PRAGMA data_version), or when
-        this one commits a transaction() outside a batch (another thread's cancel, say:
-        SQLite's data_version does not count the connection's own writes)."""
-        return self._read("PRAGMA data_version")[0][0], self._commits
-
+        """Changes when another connection commits a write (PRAGMA data_version), or when a
+        queue operation writes through this one (a cancel from another thread or from a
+        progress callback: SQLite's data_version does not count the connection's own writes)."""
+        return self._read("PRAGMA data_version")[0][0], self._queue_writes
 
     # -- submission -----------------------------------------------------------------------------
 
@@ -326,6 +347,7 @@ class Store:
     def existing_ids(self, ids: Sequence[str]) -> set:
         return {r[0] for r in self._read_in("SELECT id FROM jobs WHERE id IN ({marks})", ids)}
 
+    @_queue_write
     def insert_jobs(self, rows: List[JobRow], functions: Dict[str, bytes]) -> Optional[Submission]:
         """Insert fully validated job rows (parents first) and their callables, all or nothing.
 
@@ -448,6 +470,7 @@ class Store:
 
     # -- user actions ---------------------------------------------------------------------------
 
+    @_queue_write
     def cancel(self, job_id: str, running_too: bool = False) -> List[str]:
         """Cancel a pending job (or a running one, with `running_too`: its supervisor sees the
         change and kills it) and its pending descendants; [] when nothing was cancelled."""
@@ -493,6 +516,7 @@ class Store:
                 ).rowcount
             )
 
+    @_queue_write
     def requeue(self, job_id: str) -> bool:
         """failed/timeout/cancelled -> pending, attempts reset; revive what its end cancelled."""
         now = now_iso()
@@ -512,6 +536,7 @@ class Store:
                 )
             return bool(done)
 
+    @_queue_write
     def clear_completed(self, before: Optional[str]) -> int:
         with self.transaction() as db:
             where = "status IN ('completed', 'cancelled')" + (" AND completed_at < ?" if before else "")
@@ -632,31 +657,32 @@ class Store:
 
     def claim(self, jobs: Sequence[Tuple[str, int]], worker_id: str) -> List[Tuple[sqlite3.Row, "AttemptRef"]]:
         """Move pending jobs, given as (id, rowid), to running and open an attempt for each;
-        skip jobs no longer pending. Rows are found by rowid: no index lookup per job.
+        skip jobs no longer pending. Rows are found by rowid: no index lookup per job. A row
+        is only taken if its id is one of the jobs given (rows deleted meanwhile leave their
+        rowids to new jobs).
 
         Returns (job row, attempt) for each job claimed, in the order given.
         """
         now = now_iso()
-        wanted = dict(jobs)
         rows: Dict[str, sqlite3.Row] = {}
         with self.transaction() as db:
-            for chunk in _chunks([seq for _, seq in jobs]):
+            for chunk in _chunks(list(jobs)):
                 marks = ",".join("?" * len(chunk))
                 for row in db.execute(
                     f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
                             started_at = ?, updated_at = ?, retry_after = NULL
-                        WHERE rowid IN ({marks}) AND +status = 'pending' RETURNING rowid, {_CLAIM_FIELDS}""",
-                    (worker_id, now, now, *chunk),
+                        WHERE rowid IN ({marks}) AND +status = 'pending' AND +id IN ({marks})
+                        RETURNING rowid, {_CLAIM_FIELDS}""",
+                    (worker_id, now, now, *[seq for _, seq in chunk], *[job_id for job_id, _ in chunk]),
                 ).fetchall():
-                    if wanted.get(row["id"]) != row["rowid"]:
-                        raise RuntimeError(f"job at rowid {row['rowid']} is {row['id']}, not the job claimed")
                     rows[row["id"]] = row
             claimed = []
-            for job_id, seq in jobs:
+            for job_id, _ in jobs:
                 if job_id in rows:
                     self._attempt_count += 1
                     execution_id = f"{self._attempt_prefix}-{self._attempt_count:010d}"
-                    claimed.append((rows[job_id], AttemptRef(job_id, seq, execution_id, worker_id)))
+                    ref = AttemptRef(job_id, rows[job_id]["rowid"], execution_id, worker_id)
+                    claimed.append((rows[job_id], ref))
             db.executemany(
                 "INSERT INTO job_executions (id, job_id, job_seq, worker_id, status, started_at, attempt) "
                 "VALUES (?, ?, ?, ?, 'running', ?, ?)",

@@ -32,7 +32,8 @@ from .model import FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
 from .recovery import reclaim_from_dead, register
-from .scheduler import ResultCache, Scheduler
+from .resultcache import ResultCache
+from .scheduler import Scheduler
 from .store import AttemptRef, Store, Submission, Success, remove_file
 from .tracking import Tracker, decode_ids
 
@@ -135,7 +136,7 @@ class Supervisor:
         self._parent_results = ResultCache(RESULT_CACHE_BYTES, RESULT_CACHE_ITEM_BYTES)
         self.tracker = Tracker(
             store, self.scheduler, scope=scope, targets=targets or (), counts=self.counts, clock=clock,
-            submission=submission,
+            submission=submission, on_rescan=self._parent_results.clear,
         )
         self.running: Dict[str, Attempt] = {}
         self.open_targets = self.tracker.open_targets  # jobs run(until=...) waits for
@@ -217,14 +218,18 @@ class Supervisor:
             self._drain()
             self._report(self.clock(), final=True)
         except KeyboardInterrupt:
-            if batch_since is not None:
-                self._close_batch_after_error()
-            self._stop_after_interrupt()
+            try:
+                if batch_since is not None:
+                    self._close_batch_after_error()
+            finally:
+                self._stop_after_interrupt()
             raise
         except BaseException:
-            if batch_since is not None:
-                self._close_batch_after_error()
-            self._abort()
+            try:
+                if batch_since is not None:
+                    self._close_batch_after_error()
+            finally:
+                self._abort()
             raise
         return self.finished_attempts - started
 
@@ -283,13 +288,20 @@ class Supervisor:
         return PEER_FLUSH_SECONDS if self._peers else FLUSH_SECONDS
 
     def _close_batch_after_error(self) -> None:
-        """Keep the outcomes already applied (their jobs left `running`); roll back if we cannot."""
+        """Keep the outcomes already applied, the successes queued included (their jobs left
+        `running`, results in hand); roll back if we cannot. A second Ctrl-C goes through."""
         try:
             self._record_successes()
-            self.store.commit_batch()
-        except Exception:
-            logger.exception("could not commit the last batch; rolling it back")
+        except BaseException as exc:
             self.store.rollback_batch()
+            if not isinstance(exc, Exception):
+                raise
+            logger.exception("could not record the last successes; the batch was rolled back")
+            return
+        try:
+            self.store.commit_batch()  # rolls back by itself if it cannot commit
+        except Exception:
+            logger.exception("could not commit the last batch; it was rolled back")
 
     def _wait(self, timeout: Optional[float]) -> list:
         """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed."""
@@ -491,26 +503,32 @@ class Supervisor:
                 self._parent_results.put(job_id, success.result, self.scheduler.parent_completed(job_id))
             else:
                 logger.warning("job %s was changed by someone else while it ran; result dropped", job_id)
-                if success.result[2] is not None:
-                    remove_file(success.result[2])
+                _, _, path = success.result
+                if path is not None:
+                    remove_file(path)
 
     def _failed(
         self, attempt: Attempt, kind: str, error: str, output: Tuple[str, str], seconds: Optional[float] = None
     ) -> None:
-        self._ended(attempt, seconds)
+        """Record a failed attempt, then forget it: if recording is interrupted (Ctrl-C), the
+        attempt is still ours and a stop puts its job back to pending."""
         label = f"attempt {attempt.number} of {attempt.max_attempts}"
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
             retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
-            if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, "pending", retry_after):
+            recorded = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, "pending", retry_after)
+            self._ended(attempt, seconds)
+            if recorded:
                 self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
             else:
                 self.scheduler.discard(attempt.job_id)
             logger.info("job %s (%s) %s on %s; retrying", attempt.name, attempt.job_id, kind, label)
             return
+        recorded = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind)
+        self._ended(attempt, seconds)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        if self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind):
+        if recorded:
             self.counts[kind] += 1
             self.tracker.forget(self.store.cascade(attempt.job_id, kind))
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
@@ -579,8 +597,13 @@ class Supervisor:
             if left <= 0:
                 break
             events = self._wait(min(left, self._wait_timeout(self.clock())))
-            with self.store.transaction():
+            self.store.begin_batch()
+            try:
                 self._handle_all(events)
+            except BaseException:
+                self._close_batch_after_error()  # a Ctrl-C now must not undo results in hand
+                raise
+            self.store.commit_batch()
         self._interrupt_running("stopped before it finished")
 
     def _abort(self) -> None:

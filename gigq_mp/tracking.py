@@ -75,6 +75,7 @@ class Tracker:
         counts: "collections.Counter[str]",
         clock: Callable[[], float],
         submission: Optional[Submission] = None,
+        on_rescan: Callable[[], None] = lambda: None,
     ):
         self.store = store
         self.scheduler = scheduler
@@ -88,6 +89,7 @@ class Tracker:
         # Jobs just submitted, taken as they are on the first sync (only with a scope: a
         # supervisor of the whole database must read every pending job anyway).
         self._submission = submission if scope is not None else None
+        self.on_rescan = on_rescan  # called before each full rescan: rows may have been deleted
 
     def sync(self, running: Collection[str], force: bool = False) -> List[Tuple[str, str]]:
         """Catch up with what other processes wrote: read the change log past our cursor,
@@ -112,6 +114,7 @@ class Tracker:
                 return self._apply_changes(rows, running)
             logger.info("the change log no longer reaches this supervisor's cursor; rescanning")
         self._cursor = self.store.change_cursor()
+        self.on_rescan()
         with paused_gc():
             self._rescan(running)
         return []

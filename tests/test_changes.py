@@ -141,3 +141,22 @@ def test_a_cancel_through_the_same_queue_from_another_thread_reaches_a_running_w
     assert cancelled == [True, True]
     assert caught.value.results == {first.id: 1.5}
     assert {i: f["status"] for i, f in caught.value.failures.items()} == {after.id: "cancelled", slow.id: "cancelled"}
+
+
+def test_a_cancel_from_the_runs_own_progress_callback_is_seen(queue):
+    # The callback runs inside the supervisor's open write batch: the cancel joins it.
+    wf = Workflow("cancel-in-callback")
+    first = wf.add_job(Job("first", jobs.sleep_for, params={"seconds": 1.0}))
+    after = wf.add_job(Job("after", jobs.add, params={"a": 1, "b": 2}), depends_on=[first])
+    cancelled = []
+
+    def progress(counts):
+        if counts["running"] and not cancelled:
+            cancelled.append(queue.cancel(after.id))
+
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailed) as caught:
+        wf.run(queue, workers=1, timeout=30, progress=progress)
+    assert time.monotonic() - started < 15  # ended by the cancel, not by its timeout
+    assert cancelled == [True]
+    assert {i: f["status"] for i, f in caught.value.failures.items()} == {after.id: "cancelled"}

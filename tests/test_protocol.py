@@ -277,3 +277,115 @@ def test_successes_written_together_drop_only_the_job_someone_else_changed(queue
         other.close()
         supervisor.close()
         supervisor.store.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_parent_result_kept_in_memory_is_not_served_after_its_row_was_deleted(queue, db_path):
+    from gigq_mp import JobQueue
+    from gigq_mp.messages import JobSucceeded
+    from gigq_mp.supervisor import Supervisor
+
+    parent = Job("p", jobs.add, params={"a": 1, "b": 2})
+    child = Job("c", jobs.sum_parents, dependencies=[parent.id])
+    queue.submit(parent)
+    queue.submit(child)
+    here = Supervisor(JobQueue(db_path).store, worker_id="here", concurrency=1, executor=HeldJobs())
+    elsewhere = Supervisor(JobQueue(db_path).store, worker_id="elsewhere", concurrency=1, executor=HeldJobs())
+    other = JobQueue(db_path)
+    try:
+        here.tracker.sync(here.running, force=True)
+        claim_all(here)
+        deliver(here, JobSucceeded(parent.id, here.executor.sent[0].attempt, "3", None, None))
+        assert other.cancel(child.id)  # the child it was kept for never claims it here
+        assert other.clear_completed() == 2
+        again = Job("p", jobs.add, params={"a": 10, "b": 20})
+        again.id = parent.id  # the same id submitted again, completed by another supervisor
+        other.submit(again)
+        elsewhere.tracker.sync(elsewhere.running, force=True)
+        claim_all(elsewhere)
+        deliver(elsewhere, JobSucceeded(parent.id, elsewhere.executor.sent[0].attempt, "30", None, None))
+        new_child = other.submit(Job("c2", jobs.sum_parents, dependencies=[parent.id]))
+        catch_up(here)
+        claim_all(here)
+        run = here.executor.sent[-1]
+        assert run.job_id == new_child and run.parent_results[0][:2] == (parent.id, "30")
+    finally:
+        other.close()
+        for supervisor in (here, elsewhere):
+            supervisor.close()
+            supervisor.store.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_claim_never_takes_a_new_job_that_reused_a_deleted_jobs_rowid(queue, db_path):
+    from gigq_mp import JobQueue
+    from gigq_mp.supervisor import Supervisor
+
+    gone = queue.submit(Job("x", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=HeldJobs())
+    other = JobQueue(db_path)
+    try:
+        supervisor.tracker.sync(supervisor.running, force=True)
+        assert other.cancel(gone)
+        assert other.clear_completed() == 1
+        new = other.submit(Job("y", jobs.add, params={"a": 5, "b": 5}))  # takes the freed rowid
+        claim_all(supervisor)  # before the supervisor has read any of it
+        assert supervisor.executor.sent == []
+        assert (other.get_status(new)["status"], other.get_status(new)["attempts"]) == ("pending", 0)
+        catch_up(supervisor)
+        claim_all(supervisor)
+        assert [run.job_id for run in supervisor.executor.sent] == [new]
+        assert len(other.get_status(new)["executions"]) == 1  # its attempt row matches its rowid
+    finally:
+        other.close()
+        supervisor.close()
+        supervisor.store.close()
+
+
+class ScriptedJobs(HeldJobs):
+    """HeldJobs whose wait() returns what the next scripted step gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.script = []
+
+    def wait(self, timeout, wake_fds=()):
+        return self.script.pop(0)(self) if self.script else []
+
+
+@pytest.mark.timeout(30)
+def test_a_second_ctrl_c_while_the_grace_periods_outcomes_are_written_keeps_the_results_in_hand(
+    queue, db_path, monkeypatch
+):
+    from gigq_mp import JobQueue
+    from gigq_mp.messages import Accepted, JobFailed, JobSucceeded
+    from gigq_mp.store import Store
+    from gigq_mp.supervisor import Supervisor
+
+    done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
+    failing = queue.submit(Job("failing", jobs.add, params={"a": 3, "b": 4}))
+    executor = ScriptedJobs()
+    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=2, executor=executor)
+
+    def started(executor):
+        supervisor.request_stop()  # the first Ctrl-C: a grace period for the running jobs
+        return [Accepted(run.job_id, run.attempt, 1) for run in executor.sent]
+
+    def replies(executor):
+        runs = {run.job_id: run for run in executor.sent}
+
+        def second_ctrl_c(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Store, "record_failure", second_ctrl_c)
+        return [JobSucceeded(done, runs[done].attempt, "3", None, None), JobFailed(failing, runs[failing].attempt, "E", "e")]
+
+    executor.script = [started, replies]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            supervisor.run()
+    finally:
+        monkeypatch.undo()
+        supervisor.store.close()
+    assert (queue.get_status(done)["status"], queue.get_result(done)) == ("completed", 3)
+    assert queue.get_status(failing)["status"] == "pending"  # interrupted: runs again, no attempt used

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gigq_mp.scheduler import ResultCache, Scheduler, order_key
+from gigq_mp.scheduler import Scheduler, order_key
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -100,18 +100,3 @@ def test_parent_completed_counts_the_children_that_waited():
     assert s.parent_completed("p") == 2
     assert s.parent_completed("p") == 0
 
-
-def test_result_cache_serves_each_waiting_child_once_and_keeps_only_small_results():
-    cache = ResultCache(max_bytes=100, max_item_bytes=40)
-    cache.put("p", ("1", None, None), children=2)
-    assert [cache.take("p"), cache.take("p"), cache.take("p")] == [("1", None, None), ("1", None, None), None]
-    cache.put("big", ("x" * 41, None, None), children=1)
-    cache.put("file", (None, None, "/results/f"), children=1)
-    cache.put("nobody", ("1", None, None), children=0)
-    assert len(cache) == 0
-    for i in range(3):
-        cache.put(f"b{i}", (None, b"y" * 40, None), children=1)
-    assert len(cache) == 2  # the third would pass max_bytes
-    assert cache.take("b0") == (None, b"y" * 40, None)
-    cache.put("b2", (None, b"y" * 40, None), children=1)  # room again
-    assert len(cache) == 2
