@@ -138,6 +138,7 @@ class Tracker:
             if row.id in self.scope
         ]
         submitted = {row.id for row in submission.rows}
+        del submission  # the last reference to its rows: they go before the scheduler grows
         others = [job_id for job_id in self.scope if job_id not in submitted and job_id not in self.scheduler]
         for row in self.store.job_states(others):
             if row["status"] == "pending" and row["id"] not in running:
@@ -145,6 +146,7 @@ class Tracker:
         self._track(entries)
         self._resolve_external_parents(running)
         self._refresh_targets(running)
+        release_memory()
 
     def _rescan(self, running: Collection[str]) -> None:
         """Read every pending job: ids first, then their rows a chunk at a time, so a

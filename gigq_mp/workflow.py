@@ -132,11 +132,13 @@ class Workflow:
             # The worker processes start now, so their start-up overlaps with the submission.
             pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
             with paused_gc():
-                plan = self.prepare(queue, force)
+                submission = self.prepare(queue, force).submission  # the rest of the plan is stored now
             ids = [job.id for job in self.jobs]
-            submitted = {row.id for row in plan.submission.rows} if plan.submission else set()
+            seqs = submission.seqs if submission else None
+            submitted = {row.id for row in submission.rows} if submission else set()
             older = [i for i in ids if i not in submitted]  # jobs just submitted cannot have completed
             self.last_run = {"total": len(ids), "reused": queue.store.count_status(older, "completed")}
+            del submitted, older
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
             supervisor = Supervisor(
                 queue.store,
@@ -147,8 +149,9 @@ class Workflow:
                 targets=set(ids),
                 progress=progress,
                 executor=pool,
-                submission=plan.submission,
+                submission=submission,
             )
+            submission = None  # its rows go once the supervisor's first look took them
             pool = None  # the supervisor owns it now
             deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -163,7 +166,7 @@ class Workflow:
                 supervisor.close()
             self.last_run["attempts"] = supervisor.finished_attempts
             with paused_gc():
-                return self._outcome(queue, ids, timeout, plan.submission.seqs if plan.submission else None)
+                return self._outcome(queue, ids, timeout, seqs)
         finally:
             if pool is not None:
                 pool.shutdown()

@@ -203,143 +203,139 @@ def claim_all(supervisor):
     supervisor._send()
 
 
-def deliver(supervisor, event):
+def deliver(supervisor, *events):
     supervisor.store.begin_batch()
-    supervisor._handle_all([event])
+    supervisor._handle_all(list(events))
     supervisor.store.commit_batch()
 
 
-@pytest.mark.timeout(30)
-def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue, db_path):
-    """Cancelled while it waited in a worker's queue, requeued, claimed again with the same
-    attempt number: the reply the first copy sends later must not count for the second."""
+@pytest.fixture
+def other(db_path):
+    """Another connection to the database, as another process has: its writes reach a
+    supervisor through the change log."""
     from gigq_mp import JobQueue
-    from gigq_mp.messages import JobSucceeded
+
+    queue = JobQueue(db_path)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def make_supervisor(db_path):
+    """Supervisors on their own connections, over a HeldJobs executor unless given one;
+    started, not running: a test drives them step by step."""
+    from gigq_mp import JobQueue
     from gigq_mp.supervisor import Supervisor
 
-    job_id = queue.submit(Job("twice", jobs.add, params={"a": 1, "b": 2}))
-    held = HeldJobs()
-    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=held)
-    other = JobQueue(db_path)  # another process's connection: its writes reach the supervisor's sync
-    try:
-        supervisor.tracker.sync(supervisor.running, force=True)
-        claim_all(supervisor)
-        (first,) = held.sent
-        assert other.cancel(job_id, kill=True)
-        catch_up(supervisor)  # sees the cancel: the attempt is closed here
-        assert job_id not in supervisor.running
-        assert other.requeue_job(job_id)
-        catch_up(supervisor)
-        claim_all(supervisor)
-        second = held.sent[-1]
-        assert second.job_id == first.job_id and second.attempt != first.attempt
-        assert other.get_status(job_id)["attempts"] == 1  # the same attempt number in the database
+    made = []
 
-        deliver(supervisor, JobSucceeded(job_id, first.attempt, "100", None, None))  # the stale copy
-        assert other.get_status(job_id)["status"] == "running"
-        deliver(supervisor, JobSucceeded(job_id, second.attempt, "3", None, None))
-        assert other.get_result(job_id) == 3
-    finally:
-        other.close()
+    def make(worker_id="sup", executor=None, concurrency=1):
+        supervisor = Supervisor(
+            JobQueue(db_path).store, worker_id=worker_id, concurrency=concurrency, executor=executor or HeldJobs()
+        )
+        made.append(supervisor)
+        return supervisor
+
+    yield make
+    for supervisor in made:
         supervisor.close()
         supervisor.store.close()
 
 
+def started(supervisor):
+    """The supervisor's first look at the store, as run() takes it."""
+    supervisor.tracker.sync(supervisor.running, force=True)
+    return supervisor
+
+
 @pytest.mark.timeout(30)
-def test_successes_written_together_drop_only_the_job_someone_else_changed(queue, db_path):
-    from gigq_mp import JobQueue
+def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue, other, make_supervisor):
+    """Cancelled while it waited in a worker's queue, requeued, claimed again with the same
+    attempt number: the reply the first copy sends later must not count for the second."""
     from gigq_mp.messages import JobSucceeded
-    from gigq_mp.supervisor import Supervisor
+
+    job_id = queue.submit(Job("twice", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = started(make_supervisor())
+    claim_all(supervisor)
+    (first,) = supervisor.executor.sent
+    assert other.cancel(job_id, kill=True)
+    catch_up(supervisor)  # sees the cancel: the attempt is closed here
+    assert job_id not in supervisor.running
+    assert other.requeue_job(job_id)
+    catch_up(supervisor)
+    claim_all(supervisor)
+    second = supervisor.executor.sent[-1]
+    assert second.job_id == first.job_id and second.attempt != first.attempt
+    assert other.get_status(job_id)["attempts"] == 1  # the same attempt number in the database
+
+    deliver(supervisor, JobSucceeded(job_id, first.attempt, "100", None, None))  # the stale copy
+    assert other.get_status(job_id)["status"] == "running"
+    deliver(supervisor, JobSucceeded(job_id, second.attempt, "3", None, None))
+    assert other.get_result(job_id) == 3
+
+
+@pytest.mark.timeout(30)
+def test_successes_written_together_drop_only_the_job_someone_else_changed(queue, other, make_supervisor):
+    from gigq_mp.messages import JobSucceeded
 
     kept = queue.submit(Job("kept", jobs.add, params={"a": 1, "b": 2}))
     changed = queue.submit(Job("changed", jobs.add, params={"a": 3, "b": 4}))
     child = queue.submit(Job("child", jobs.sum_parents, dependencies=[kept]))
-    held = HeldJobs()
-    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=held)
-    other = JobQueue(db_path)
-    try:
-        supervisor.tracker.sync(supervisor.running, force=True)
-        claim_all(supervisor)
-        runs = {run.job_id: run for run in held.sent}
-        assert sorted(runs) == sorted([kept, changed])
-        assert other.cancel(changed, kill=True)  # not yet seen by the supervisor
-        supervisor.store.begin_batch()
-        replies = [JobSucceeded(j, runs[j].attempt, str(v), None, None) for j, v in [(kept, 3), (changed, 7)]]
-        supervisor._handle_all(replies)
-        supervisor.store.commit_batch()
-        assert (other.get_status(kept)["status"], other.get_result(kept)) == ("completed", 3)
-        assert (other.get_status(changed)["status"], other.get_result(changed)) == ("cancelled", None)
-        assert [e["status"] for e in other.get_status(changed)["executions"]] == ["completed"]  # the attempt ran
-        assert supervisor.counts["completed"] == 1
-        claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
-        assert held.sent[-1].job_id == child and held.sent[-1].parent_results[0][:2] == (kept, "3")
-    finally:
-        other.close()
-        supervisor.close()
-        supervisor.store.close()
+    supervisor = started(make_supervisor())
+    claim_all(supervisor)
+    runs = {run.job_id: run for run in supervisor.executor.sent}
+    assert sorted(runs) == sorted([kept, changed])
+    assert other.cancel(changed, kill=True)  # not yet seen by the supervisor
+    deliver(supervisor, *[JobSucceeded(j, runs[j].attempt, str(v), None, None) for j, v in [(kept, 3), (changed, 7)]])
+    assert (other.get_status(kept)["status"], other.get_result(kept)) == ("completed", 3)
+    assert (other.get_status(changed)["status"], other.get_result(changed)) == ("cancelled", None)
+    assert [e["status"] for e in other.get_status(changed)["executions"]] == ["completed"]  # the attempt ran
+    assert supervisor.counts["completed"] == 1
+    claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
+    run = supervisor.executor.sent[-1]
+    assert run.job_id == child and run.parent_results[0][:2] == (kept, "3")
 
 
 @pytest.mark.timeout(30)
-def test_a_parent_result_kept_in_memory_is_not_served_after_its_row_was_deleted(queue, db_path):
-    from gigq_mp import JobQueue
+def test_a_parent_result_kept_in_memory_is_not_served_after_its_row_was_deleted(queue, other, make_supervisor):
     from gigq_mp.messages import JobSucceeded
-    from gigq_mp.supervisor import Supervisor
 
     parent = Job("p", jobs.add, params={"a": 1, "b": 2})
     child = Job("c", jobs.sum_parents, dependencies=[parent.id])
     queue.submit(parent)
     queue.submit(child)
-    here = Supervisor(JobQueue(db_path).store, worker_id="here", concurrency=1, executor=HeldJobs())
-    elsewhere = Supervisor(JobQueue(db_path).store, worker_id="elsewhere", concurrency=1, executor=HeldJobs())
-    other = JobQueue(db_path)
-    try:
-        here.tracker.sync(here.running, force=True)
-        claim_all(here)
-        deliver(here, JobSucceeded(parent.id, here.executor.sent[0].attempt, "3", None, None))
-        assert other.cancel(child.id)  # the child it was kept for never claims it here
-        assert other.clear_completed() == 2
-        again = Job("p", jobs.add, params={"a": 10, "b": 20})
-        again.id = parent.id  # the same id submitted again, completed by another supervisor
-        other.submit(again)
-        elsewhere.tracker.sync(elsewhere.running, force=True)
-        claim_all(elsewhere)
-        deliver(elsewhere, JobSucceeded(parent.id, elsewhere.executor.sent[0].attempt, "30", None, None))
-        new_child = other.submit(Job("c2", jobs.sum_parents, dependencies=[parent.id]))
-        catch_up(here)
-        claim_all(here)
-        run = here.executor.sent[-1]
-        assert run.job_id == new_child and run.parent_results[0][:2] == (parent.id, "30")
-    finally:
-        other.close()
-        for supervisor in (here, elsewhere):
-            supervisor.close()
-            supervisor.store.close()
+    here = started(make_supervisor("here"))
+    claim_all(here)
+    deliver(here, JobSucceeded(parent.id, here.executor.sent[0].attempt, "3", None, None))
+    assert other.cancel(child.id)  # the child it was kept for never claims it here
+    assert other.clear_completed() == 2
+    again = Job("p", jobs.add, params={"a": 10, "b": 20})
+    again.id = parent.id  # the same id submitted again, completed by another supervisor
+    other.submit(again)
+    elsewhere = started(make_supervisor("elsewhere"))
+    claim_all(elsewhere)
+    deliver(elsewhere, JobSucceeded(parent.id, elsewhere.executor.sent[0].attempt, "30", None, None))
+    new_child = other.submit(Job("c2", jobs.sum_parents, dependencies=[parent.id]))
+    catch_up(here)
+    claim_all(here)
+    run = here.executor.sent[-1]
+    assert run.job_id == new_child and run.parent_results[0][:2] == (parent.id, "30")
 
 
 @pytest.mark.timeout(30)
-def test_a_claim_never_takes_a_new_job_that_reused_a_deleted_jobs_rowid(queue, db_path):
-    from gigq_mp import JobQueue
-    from gigq_mp.supervisor import Supervisor
-
+def test_a_claim_never_takes_a_new_job_that_reused_a_deleted_jobs_rowid(queue, other, make_supervisor):
     gone = queue.submit(Job("x", jobs.add, params={"a": 1, "b": 2}))
-    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=1, executor=HeldJobs())
-    other = JobQueue(db_path)
-    try:
-        supervisor.tracker.sync(supervisor.running, force=True)
-        assert other.cancel(gone)
-        assert other.clear_completed() == 1
-        new = other.submit(Job("y", jobs.add, params={"a": 5, "b": 5}))  # takes the freed rowid
-        claim_all(supervisor)  # before the supervisor has read any of it
-        assert supervisor.executor.sent == []
-        assert (other.get_status(new)["status"], other.get_status(new)["attempts"]) == ("pending", 0)
-        catch_up(supervisor)
-        claim_all(supervisor)
-        assert [run.job_id for run in supervisor.executor.sent] == [new]
-        assert len(other.get_status(new)["executions"]) == 1  # its attempt row matches its rowid
-    finally:
-        other.close()
-        supervisor.close()
-        supervisor.store.close()
+    supervisor = started(make_supervisor())
+    assert other.cancel(gone)
+    assert other.clear_completed() == 1
+    new = other.submit(Job("y", jobs.add, params={"a": 5, "b": 5}))  # takes the freed rowid
+    claim_all(supervisor)  # before the supervisor has read any of it
+    assert supervisor.executor.sent == []
+    assert (other.get_status(new)["status"], other.get_status(new)["attempts"]) == ("pending", 0)
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert [run.job_id for run in supervisor.executor.sent] == [new]
+    assert len(other.get_status(new)["executions"]) == 1  # its attempt row matches its rowid
 
 
 class ScriptedJobs(HeldJobs):
@@ -355,20 +351,17 @@ class ScriptedJobs(HeldJobs):
 
 @pytest.mark.timeout(30)
 def test_a_second_ctrl_c_while_the_grace_periods_outcomes_are_written_keeps_the_results_in_hand(
-    queue, db_path, monkeypatch
+    queue, make_supervisor, monkeypatch
 ):
-    from gigq_mp import JobQueue
     from gigq_mp.messages import Accepted, JobFailed, JobSucceeded
     from gigq_mp.store import Store
-    from gigq_mp.supervisor import Supervisor
 
     done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
     failing = queue.submit(Job("failing", jobs.add, params={"a": 3, "b": 4}))
-    executor = ScriptedJobs()
-    supervisor = Supervisor(JobQueue(db_path).store, worker_id="sup", concurrency=2, executor=executor)
+    supervisor = make_supervisor(executor=ScriptedJobs(), concurrency=2)
 
-    def started(executor):
-        supervisor.request_stop()  # the first Ctrl-C: a grace period for the running jobs
+    def first_ctrl_c(executor):
+        supervisor.request_stop()  # a grace period for the running jobs
         return [Accepted(run.job_id, run.attempt, 1) for run in executor.sent]
 
     def replies(executor):
@@ -378,14 +371,14 @@ def test_a_second_ctrl_c_while_the_grace_periods_outcomes_are_written_keeps_the_
             raise KeyboardInterrupt
 
         monkeypatch.setattr(Store, "record_failure", second_ctrl_c)
-        return [JobSucceeded(done, runs[done].attempt, "3", None, None), JobFailed(failing, runs[failing].attempt, "E", "e")]
+        return [
+            JobSucceeded(done, runs[done].attempt, "3", None, None),
+            JobFailed(failing, runs[failing].attempt, "E", "e"),
+        ]
 
-    executor.script = [started, replies]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            supervisor.run()
-    finally:
-        monkeypatch.undo()
-        supervisor.store.close()
+    supervisor.executor.script = [first_ctrl_c, replies]
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    monkeypatch.undo()
     assert (queue.get_status(done)["status"], queue.get_result(done)) == ("completed", 3)
     assert queue.get_status(failing)["status"] == "pending"  # interrupted: runs again, no attempt used
