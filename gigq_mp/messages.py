@@ -43,10 +43,12 @@ class RunJob:
 
 @dataclass(frozen=True)
 class JobBatch:
-    """Jobs for one worker process, with the pickled callables it does not hold yet."""
+    """Jobs for one worker process, with the pickled callables it does not hold yet; and
+    attempts sent before that must not start after all (cancelled while they waited)."""
 
     runs: Tuple[RunJob, ...]
     functions: Dict[str, bytes]
+    skip: Tuple[int, ...] = ()  # RunJob.attempt of each
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class WorkerLost:
 
 @dataclass(frozen=True)
 class Unstarted:
-    """A job sent ahead to a worker process that ended (or was killed) before starting it."""
+    """A job sent ahead to a worker process that ended (or was killed) before starting it,
+    or that it skipped when told to."""
 
     job_id: str
     attempt: int

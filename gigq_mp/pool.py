@@ -61,6 +61,7 @@ class Executor(Protocol):
     def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
     def kill(self, job_id: str, status: str, error: str) -> list: ...
+    def skip(self, job_id: str, attempt: int) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -378,6 +379,20 @@ class LocalPool:
             )
             return events
         return events
+
+    def skip(self, job_id: str, attempt: int) -> None:
+        """Tell the worker process holding this attempt, sent ahead and not started, not to
+        start it: it answers Unstarted when its turn comes. No effect once it has started
+        (kill() is for that)."""
+        for worker in self.workers:
+            if any(run.job_id == job_id and run.attempt == attempt for run in worker.jobs):
+                try:
+                    worker.conn.post(JobBatch((), {}, (attempt,)))
+                except OSError:
+                    logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
+                    return
+                self._watch_writes(worker)
+                return
 
     def _output(self, worker: WorkerProcess) -> Tuple[str, str]:
         """What a retired worker process printed during its last job (its capture files go)."""

@@ -18,10 +18,10 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional, Set
 
 from .capture import OutputCapture
-from .messages import JobFailed, JobSucceeded, RunJob, WorkerInit
+from .messages import JobFailed, JobSucceeded, RunJob, Unstarted, WorkerInit
 from .serialize import decode_value, encode_result, load_callable
 from .wire import Pipe, StartCounter
 
@@ -227,6 +227,7 @@ def serve(
     functions = FunctionCache()
     pickled: Dict[str, bytes] = {}  # callables received, not yet loaded into the cache
     jobs: Deque[Optional[RunJob]] = deque()
+    skip: Set[int] = set()  # attempts not to run after all
     conn.send([])  # ready
     outbox = Outbox(conn)
     started = 0
@@ -234,7 +235,7 @@ def serve(
         while True:
             if not jobs:
                 outbox.flush()
-                if not receive(conn, jobs, pickled, block=True):
+                if not receive(conn, jobs, pickled, skip, block=True):
                     return
             job = jobs.popleft()
             if job is None:
@@ -242,8 +243,12 @@ def serve(
             started += 1
             if counter is not None:
                 counter.set(started)  # the pool can tell which job runs, replies sent or not
-            outbox.add(answer(job, functions, pickled, results_dir, capture))
-            if not receive(conn, jobs, pickled, block=False):
+            if job.attempt in skip:
+                skip.discard(job.attempt)
+                outbox.add(Unstarted(job.job_id, job.attempt))  # counted, not run
+            else:
+                outbox.add(answer(job, functions, pickled, results_dir, capture))
+            if not receive(conn, jobs, pickled, skip, block=False):
                 return
             if outbox.due():
                 outbox.flush()
@@ -251,8 +256,10 @@ def serve(
         outbox.close()
 
 
-def receive(conn: Pipe, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], block: bool) -> bool:
-    """Move what the supervisor sent into `jobs` and `pickled`; False when the pipe is closed."""
+def receive(
+    conn: Pipe, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes], skip: Set[int], block: bool
+) -> bool:
+    """Move what the supervisor sent into `jobs`, `pickled` and `skip`; False when the pipe is closed."""
     fd = conn.fileno()
     while block or select.select([fd], [], [], 0)[0]:
         try:
@@ -264,6 +271,7 @@ def receive(conn: Pipe, jobs: Deque[Optional[RunJob]], pickled: Dict[str, bytes]
         else:
             pickled.update(message.functions)
             jobs.extend(message.runs)
+            skip.update(message.skip)
         block = False
     return True
 

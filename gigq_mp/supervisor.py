@@ -544,7 +544,10 @@ class Supervisor:
         for run in queued:
             self._buffer.remove(run)
         error = f"job became {status} while it ran here"
-        events = self._ensure_executor().kill(attempt.job_id, status, error) if attempt.started is not None else []
+        executor = self._ensure_executor()
+        events = executor.kill(attempt.job_id, status, error)
+        if not any(isinstance(event, Killed) for event in events):
+            executor.skip(attempt.job_id, attempt.claim)  # sent ahead and not started: it never will
         outcome = "cancelled" if status == "cancelled" else "interrupted"
         output = next(((e.stdout, e.stderr) for e in events if isinstance(e, Killed)), ("", ""))
         self.store.close_attempt(attempt.ref, attempt.pid, outcome, error, output)

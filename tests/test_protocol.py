@@ -5,6 +5,8 @@ and the replies held back while it runs must still arrive."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from gigq_mp import Job, Workflow
 from gigq_mp.errors import WorkflowFailed
 
 from . import jobs
+from .util import wait_until
 
 QUICK = 80  # enough short jobs for the supervisor to send them ahead dozens at a time
 
@@ -168,11 +171,44 @@ def test_a_job_is_timed_from_its_start_not_from_when_it_was_sent(queue):
     assert excinfo.value.failures[job.id]["status"] == "timeout"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_job_cancelled_while_it_waits_in_a_workers_queue_never_runs(queue, db_path, tmp_path):
+    from gigq_mp import JobQueue
+
+    log = str(tmp_path / "log")
+    wf = Workflow("cancel a queued job")
+    quick_jobs(wf, QUICK, priority=10, tag="before")  # so the later jobs are sent ahead, together
+    long = wf.add_job(Job("long", jobs.record_start_sleep_finish, params={"path": log, "tag": "long", "seconds": 3},
+                          priority=5))
+    queued = wf.add_job(Job("queued", jobs.record_run, params={"path": log, "tag": "queued"}, priority=1))
+    other = JobQueue(db_path)  # another process's connection
+
+    def cancel_once_long_runs():
+        wait_until(lambda: os.path.exists(log), timeout=30, what="the long job to start")
+        assert other.get_status(queued.id)["status"] == "running"  # claimed: sent to the worker's queue
+        assert other.cancel(queued.id, kill=True)
+
+    thread = threading.Thread(target=cancel_once_long_runs)
+    thread.start()
+    try:
+        with pytest.raises(WorkflowFailed) as excinfo:
+            wf.run(queue, workers=1, progress=False)
+    finally:
+        thread.join()
+        other.close()
+    assert {i: f["status"] for i, f in excinfo.value.failures.items()} == {queued.id: "cancelled"}
+    assert excinfo.value.results[long.id] == "long"
+    assert [line.split()[0] for line in open(log)] == ["start", "done"]  # nothing but the long job ran
+    assert [e["status"] for e in queue.get_status(queued.id)["executions"]] == ["cancelled"]
+
+
 class HeldJobs:
     """An executor that only holds what it is sent (no processes): a test delivers replies."""
 
     def __init__(self):
         self.sent = []
+        self.skipped = []
 
     def free_slots(self, depth):
         return 8
@@ -185,6 +221,9 @@ class HeldJobs:
 
     def kill(self, job_id, status, error):
         return []
+
+    def skip(self, job_id, attempt):
+        self.skipped.append((job_id, attempt))
 
     def shutdown(self):
         return None
