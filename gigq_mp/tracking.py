@@ -174,6 +174,9 @@ class Tracker:
                     taken_away.append((job_id, status))
                 continue
             if status == "pending":
+                if job_id in self.scheduler and row["retry_after"]:
+                    # Run and failed meanwhile (by another supervisor, say): it must wait now.
+                    self.scheduler.discard(job_id)
                 if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
                     new_rows.append(_entry(row))  # submitted, requeued or revived elsewhere
                 continue

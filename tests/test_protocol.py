@@ -421,3 +421,19 @@ def test_a_second_ctrl_c_while_the_grace_periods_outcomes_are_written_keeps_the_
     monkeypatch.undo()
     assert (queue.get_status(done)["status"], queue.get_result(done)) == ("completed", 3)
     assert queue.get_status(failing)["status"] == "pending"  # interrupted: runs again, no attempt used
+
+
+@pytest.mark.timeout(30)
+def test_a_job_another_supervisor_ran_and_failed_waits_out_its_retry_delay_here_too(queue, make_supervisor):
+    from gigq_mp.messages import JobFailed
+
+    job_id = queue.submit(Job("flaky", jobs.add, params={"a": 1, "b": 2}, max_attempts=2, retry_delay=60))
+    here = started(make_supervisor("here"))  # tracks the job as ready
+    elsewhere = started(make_supervisor("elsewhere"))
+    claim_all(elsewhere)
+    deliver(elsewhere, JobFailed(job_id, elsewhere.executor.sent[0].attempt, "E", "first attempt failed"))
+    assert queue.get_status(job_id)["retry_after"]
+    catch_up(here)
+    claim_all(here)
+    assert here.executor.sent == []  # not before its retry_after
+    assert queue.get_status(job_id)["status"] == "pending"
