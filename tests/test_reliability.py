@@ -107,9 +107,7 @@ def test_sigkilled_supervisor_loses_its_workers_and_a_new_one_reclaims_its_jobs(
     ids = submit_sleepers(queue, log, 4, seconds=2.0)
     sup = SupervisorProcess(db_path, tmp_path, worker_id="sup-killed", concurrency=2, polling_interval=0.1)
     try:
-        wait_until(lambda: len(log_events(log, "start")) >= 2 or sup.poll() is not None, 20,
-                   "two jobs to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: len(log_events(log, "start")) >= 2, "two jobs to start")
         started = log_events(log, "start")
         workers = sup.descendants()
         job_pids = [p for pids in started.values() for p in pids]
@@ -154,8 +152,7 @@ def test_orphaned_worker_kills_the_jobs_own_children(queue, db_path, tmp_path):
     sup = SupervisorProcess(db_path, tmp_path, concurrency=1, polling_interval=0.1)
     pids = []
     try:
-        wait_until(lambda: read_lines(pidfile) or sup.poll() is not None, 20, "the job to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: read_lines(pidfile), "the job to start")
         pids = [int(p) for p in read_lines(pidfile)[0].split()]  # worker process, its child
         sup.kill()
         alive = wait_pids_gone(pids, timeout=2.0)
@@ -214,8 +211,7 @@ def test_a_live_supervisors_running_job_is_never_reclaimed(queue, db_path, tmp_p
     ids = submit_sleepers(queue, log, 1, seconds=30)
     sup = SupervisorProcess(db_path, tmp_path, worker_id="sup-alive", concurrency=1, polling_interval=0.1)
     try:
-        wait_until(lambda: log_events(log, "start") or sup.poll() is not None, 20, "the job to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: log_events(log, "start"), "the job to start")
         sup.descendants()
         # a second supervisor with nothing ready to run looks for dead supervisors' jobs
         with WorkerThread(Worker(db_path, worker_id="sup-other", polling_interval=0.1, concurrency=1)):
@@ -322,9 +318,7 @@ def test_sigterm_sends_running_jobs_back_to_pending_with_attempts_unchanged(queu
     sup = SupervisorProcess(db_path, tmp_path, worker_id="sup-term", concurrency=2,
                             polling_interval=0.1, grace_period=grace)
     try:
-        wait_until(lambda: len(log_events(log, "start")) >= 2 or sup.poll() is not None, 20,
-                   "two jobs to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: len(log_events(log, "start")) >= 2, "two jobs to start")
         started = log_events(log, "start")
         t0 = time.monotonic()
         sup.signal(signal.SIGTERM)
@@ -358,8 +352,7 @@ def test_sigterm_gives_running_jobs_their_grace_period_and_starts_no_more(queue,
     ids = submit_sleepers(queue, log, 3, seconds=1.5)
     sup = SupervisorProcess(db_path, tmp_path, concurrency=1, polling_interval=0.1, grace_period=10)
     try:
-        wait_until(lambda: log_events(log, "start") or sup.poll() is not None, 20, "a job to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: log_events(log, "start"), "a job to start")
         (first,) = log_events(log, "start")
         t0 = time.monotonic()
         sup.signal(signal.SIGTERM)
@@ -402,8 +395,7 @@ def test_second_sigint_stops_at_once(queue, db_path, tmp_path):
     ids = submit_sleepers(queue, log, 1, seconds=30)
     sup = SupervisorProcess(db_path, tmp_path, concurrency=1, polling_interval=0.1, grace_period=30)
     try:
-        wait_until(lambda: log_events(log, "start") or sup.poll() is not None, 20, "the job to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: log_events(log, "start"), "the job to start")
         sup.signal(signal.SIGINT)
         time.sleep(0.5)
         assert sup.poll() is None, "the first SIGINT did not wait for the grace period"
@@ -764,8 +756,7 @@ def test_cancel_kill_reaches_a_supervisor_in_another_process(queue, db_path, tmp
     sup = SupervisorProcess(db_path, tmp_path, concurrency=1, polling_interval=0.1)
     pids = []
     try:
-        wait_until(lambda: read_lines(pidfile) or sup.poll() is not None, 20, "the victim to start")
-        assert sup.poll() is None, sup.output()
+        sup.wait_alive_until(lambda: read_lines(pidfile), "the victim to start")
         pids = [int(p) for p in read_lines(pidfile)[0].split()]
         sup.descendants()
         queue.cancel(victim, kill=True)

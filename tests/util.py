@@ -185,6 +185,11 @@ class SupervisorProcess:
     def poll(self):
         return self.popen.poll()
 
+    def wait_alive_until(self, predicate, what, timeout=20):
+        """Wait for `predicate` while the supervisor runs; fail with its output if it ends first."""
+        wait_until(lambda: predicate() or self.poll() is not None, timeout, what)
+        assert self.poll() is None, self.output()
+
     def descendants(self):
         """Live descendants now (also added to ``seen``)."""
         pids = descendant_pids(self.pid) if self.popen.poll() is None else []
