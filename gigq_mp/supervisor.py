@@ -59,7 +59,7 @@ PEER_FLUSH_SECONDS = 0.002  # ...or, with other supervisors on the database, hol
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One attempt of a job running in this supervisor's pool."""
 
