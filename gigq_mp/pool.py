@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from .capture import collect
 from .log import get_logger
@@ -60,7 +60,7 @@ class Executor(Protocol):
     def free_slots(self, depth: int) -> int: ...
     def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
-    def kill(self, job_id: str, status: str, error: str) -> list: ...
+    def kill(self, job_id: str, attempt: int, status: str, error: str) -> list: ...
     def skip(self, job_id: str, attempt: int) -> None: ...
     def shutdown(self) -> None: ...
 
@@ -95,6 +95,7 @@ class WorkerProcess:
         self.jobs_done = 0  # replies received
         self.accepted = 0  # jobs (counted from the first ever sent) reported started to the supervisor
         self.answered = False  # has it said it is ready (its first message)?
+        self.skipping: Set[int] = set()  # attempts it was told to skip, not answered yet
 
     def running(self) -> Optional[int]:
         """Where in `jobs` the job this process started last stands (it runs, or it ended and
@@ -245,8 +246,11 @@ class LocalPool:
         index = worker.running() if worker.answered else None
         if index is None or worker.jobs_done + index < worker.accepted:
             return False
-        worker.accepted = worker.jobs_done + index + 1
         run = worker.jobs[index]
+        if run.attempt in worker.skipping:  # told to skip it, started it before that arrived
+            self._kill_worker(worker, events, index, "cancelled", "cancelled before it started; killed as it began")
+            return True
+        worker.accepted = worker.jobs_done + index + 1
         events.append(Accepted(run.job_id, run.attempt, worker.pid))
         return True
 
@@ -276,7 +280,7 @@ class LocalPool:
             if mask & selectors.EVENT_READ:
                 self._collect(worker, events)
         found = False
-        for worker in self.workers:
+        for worker in list(self.workers):  # _started may replace one
             if worker.unreported():
                 found = self._started(worker, events) or found
         if polling:
@@ -308,6 +312,7 @@ class LocalPool:
                 events.append(reply)
                 worker.jobs.popleft()
                 worker.jobs_done += 1
+                worker.skipping.discard(reply.attempt)
             worker.accepted = max(worker.accepted, worker.jobs_done)
             if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
                 self._retire(worker)
@@ -359,26 +364,30 @@ class LocalPool:
         events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
         worker.counter.close()
 
-    def kill(self, job_id: str, status: str, error: str) -> list:
-        """Kill the process tree running `job_id` and start a replacement. Returns a `Killed`
-        event for the job (with what it printed) and `Unstarted` events for the jobs that
-        were sent ahead to the killed process."""
+    def kill(self, job_id: str, attempt: int, status: str, error: str) -> list:
+        """Kill the process tree running this attempt and start a replacement. Returns a
+        `Killed` event for the job (with what it printed) and `Unstarted` events for the
+        jobs that were sent ahead to the killed process."""
         events: list = []
         for worker in list(self.workers):
-            if not any(run.job_id == job_id for run in worker.jobs):
+            if not any(run.job_id == job_id and run.attempt == attempt for run in worker.jobs):
                 continue
             self._collect(worker, events)  # replies already on their way count
             index = worker.running() if worker in self.workers else None
-            if index is None or worker.jobs[index].job_id != job_id:
+            if index is None or (worker.jobs[index].job_id, worker.jobs[index].attempt) != (job_id, attempt):
                 return events  # it ended meanwhile, or has not started
-            self._retire(worker)
-            worker.kill(self.kill_grace)
-            self._add_worker()
-            self._report_gone(  # with the index read before the kill
-                worker, events, index, lambda run, output: Killed(run.job_id, run.attempt, status, error, *output)
-            )
+            self._kill_worker(worker, events, index, status, error)
             return events
         return events
+
+    def _kill_worker(self, worker: WorkerProcess, events: list, index: int, status: str, error: str) -> None:
+        """Kill the worker running its job at `index` (read before the kill); replace it."""
+        self._retire(worker)
+        worker.kill(self.kill_grace)
+        self._add_worker()
+        self._report_gone(
+            worker, events, index, lambda run, output: Killed(run.job_id, run.attempt, status, error, *output)
+        )
 
     def skip(self, job_id: str, attempt: int) -> None:
         """Tell the worker process holding this attempt, sent ahead and not started, not to
@@ -386,6 +395,7 @@ class LocalPool:
         (kill() is for that)."""
         for worker in self.workers:
             if any(run.job_id == job_id and run.attempt == attempt for run in worker.jobs):
+                worker.skipping.add(attempt)  # if it starts it anyway (the skip came too late): killed
                 try:
                     worker.conn.post(JobBatch((), {}, (attempt,)))
                 except OSError:

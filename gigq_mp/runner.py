@@ -237,16 +237,20 @@ def serve(
                 outbox.flush()
                 if not receive(conn, jobs, pickled, skip, block=True):
                     return
+                if not jobs:
+                    continue  # only skips came (for jobs already answered)
             job = jobs.popleft()
             if job is None:
                 return
             started += 1
-            if counter is not None:
-                counter.set(started)  # the pool can tell which job runs, replies sent or not
             if job.attempt in skip:
+                # Counted, never shown as started: the pool kills a process that starts a
+                # job it was told to skip (the skip came too late).
                 skip.discard(job.attempt)
-                outbox.add(Unstarted(job.job_id, job.attempt))  # counted, not run
+                outbox.add(Unstarted(job.job_id, job.attempt))
             else:
+                if counter is not None:
+                    counter.set(started)  # the pool can tell which job runs, replies sent or not
                 outbox.add(answer(job, functions, pickled, results_dir, capture))
             if not receive(conn, jobs, pickled, skip, block=False):
                 return
@@ -271,7 +275,8 @@ def receive(
         else:
             pickled.update(message.functions)
             jobs.extend(message.runs)
-            skip.update(message.skip)
+            # A skip for a job no longer queued here came too late: the job has run.
+            skip.update(a for a in message.skip if any(job is not None and job.attempt == a for job in jobs))
         block = False
     return True
 

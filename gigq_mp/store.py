@@ -230,15 +230,21 @@ class Store:
         """A write transaction (BEGIN IMMEDIATE) that rolls back on any exception.
 
         Nested uses join the outermost one, so a caller can batch many operations
-        into one commit.
+        into one commit; each is a savepoint, so one that fails undoes only itself.
         """
         with self._lock:
             if self._depth:
+                self._conn.execute("SAVEPOINT nested")
                 self._depth += 1
                 try:
                     yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO nested")
+                    self._conn.execute("RELEASE nested")
+                    raise
                 finally:
                     self._depth -= 1
+                self._conn.execute("RELEASE nested")
                 return
             self._begin()
             self._depth = 1
@@ -257,27 +263,37 @@ class Store:
         try:
             if self._depth == 0:
                 self._begin()
+            self._depth += 1
         except BaseException:
             self._lock.release()
             raise
-        self._depth += 1
 
     def _begin(self) -> None:
-        """BEGIN IMMEDIATE, waiting as long as another process holds the write lock."""
+        """BEGIN IMMEDIATE, waiting as long as another process holds the write lock. Nothing
+        is left open if it fails (a Ctrl-C just after BEGIN, say)."""
         waited = 0.0
-        while True:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                waited += BUSY_SECONDS
-                logger.warning("database %s is locked by another process (%.0f s so far); waiting", self.path, waited)
+        try:
+            while True:
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    waited += BUSY_SECONDS
+                    logger.warning(
+                        "database %s is locked by another process (%.0f s so far); waiting", self.path, waited
+                    )
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def commit_batch(self) -> None:
         """Close the batch opened by begin_batch(), committing when it is the outermost
         (rolled back if the commit fails)."""
+        if self._depth == 0:
+            raise RuntimeError("commit_batch() without an open batch")
         try:
             self._depth -= 1
             if self._depth == 0:
@@ -291,7 +307,10 @@ class Store:
             self._lock.release()
 
     def rollback_batch(self) -> None:
-        """Abandon the batch opened by begin_batch() (after an error)."""
+        """Abandon the batch opened by begin_batch() (after an error); nothing to do when it
+        was closed already (a commit that failed rolled it back)."""
+        if self._depth == 0:
+            return
         try:
             self._depth -= 1
             if self._depth == 0 and self._conn.in_transaction:

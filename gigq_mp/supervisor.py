@@ -206,8 +206,8 @@ class Supervisor:
                     self._release_buffer()
                 claimed = not finished and self._claim(now, budget)
                 if finished or claimed or now - batch_since >= self._flush_seconds():
+                    batch_since = None  # closed by the commit, even one that fails
                     self.store.commit_batch()
-                    batch_since = None
                 self._send()
                 if finished or (max_attempts is not None and not self.running):
                     break  # with max_attempts and nothing running, nothing was ready
@@ -496,7 +496,12 @@ class Supervisor:
         if not self._successes:
             return
         successes, self._successes = self._successes, []
-        for success, recorded in zip(successes, self.store.record_successes(successes)):
+        try:
+            outcomes = self.store.record_successes(successes)  # all or none
+        except BaseException:
+            self._successes = successes + self._successes  # results in hand: try again when closing
+            raise
+        for success, recorded in zip(successes, outcomes):
             job_id = success.ref.job_id
             if recorded:
                 self.counts["completed"] += 1
@@ -545,7 +550,7 @@ class Supervisor:
             self._buffer.remove(run)
         error = f"job became {status} while it ran here"
         executor = self._ensure_executor()
-        events = executor.kill(attempt.job_id, status, error)
+        events = executor.kill(attempt.job_id, attempt.claim, status, error)
         if not any(isinstance(event, Killed) for event in events):
             executor.skip(attempt.job_id, attempt.claim)  # sent ahead and not started: it never will
         outcome = "cancelled" if status == "cancelled" else "interrupted"
@@ -582,7 +587,7 @@ class Supervisor:
 
     def _kill(self, attempt: Attempt, status: str, error: str) -> list:
         deadline, attempt.deadline = attempt.deadline, None  # killed once; the Killed event ends it
-        events = self._ensure_executor().kill(attempt.job_id, status, error)
+        events = self._ensure_executor().kill(attempt.job_id, attempt.claim, status, error)
         if not any(isinstance(event, Killed) for event in events):
             # Not running in a worker process at this moment (it just ended, or has not
             # begun): look again shortly, so a limit can never be dropped.

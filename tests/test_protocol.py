@@ -219,7 +219,7 @@ class HeldJobs:
     def wait(self, timeout, wake_fds=()):
         return []
 
-    def kill(self, job_id, status, error):
+    def kill(self, job_id, attempt, status, error):
         return []
 
     def skip(self, job_id, attempt):
@@ -437,3 +437,99 @@ def test_a_job_another_supervisor_ran_and_failed_waits_out_its_retry_delay_here_
     claim_all(here)
     assert here.executor.sent == []  # not before its retry_after
     assert queue.get_status(job_id)["status"] == "pending"
+
+
+class FaultyConnection:
+    """A sqlite3 connection whose next statement starting with `prefix` raises `error`."""
+
+    def __init__(self, conn, prefix, error):
+        self._conn, self.prefix, self.error, self.armed = conn, prefix, error, False
+
+    def _check(self, sql):
+        if self.armed and sql.startswith(self.prefix):
+            self.armed = False
+            raise self.error
+
+    def execute(self, sql, *args):
+        self._check(sql)
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql, *args):
+        self._check(sql)
+        return self._conn.executemany(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.mark.timeout(30)
+def test_a_commit_that_fails_in_the_loop_leaves_the_store_usable_and_atomic(queue, other, make_supervisor):
+    import sqlite3
+
+    job_id = queue.submit(Job("a", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = make_supervisor()
+    store = supervisor.store
+    store._conn = faulty = FaultyConnection(store._conn, "COMMIT", sqlite3.OperationalError("disk I/O error"))
+    claim = supervisor._claim
+
+    def claim_then_fail_the_commit(now, budget):
+        claimed = claim(now, budget)
+        faulty.armed = faulty.armed or claimed
+        return claimed
+
+    supervisor._claim = claim_then_fail_the_commit
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        supervisor.run(max_attempts=1)
+    assert store._depth == 0
+    assert other.get_status(job_id)["status"] == "pending"  # the claim was rolled back
+    with pytest.raises(ValueError):
+        with store.transaction() as db:
+            db.execute("UPDATE jobs SET description = 'half-written' WHERE id = ?", (job_id,))
+            raise ValueError("an error inside a transaction rolls it back")
+    assert other.get_status(job_id)["description"] != "half-written"
+
+
+@pytest.mark.timeout(30)
+def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supervisor):
+    from gigq_mp.messages import Accepted, JobSucceeded
+
+    done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = make_supervisor(executor=ScriptedJobs())
+    real = supervisor.store._conn
+    faulty = FaultyConnection(real, "UPDATE jobs SET status = 'completed'", KeyboardInterrupt())
+    supervisor.store._conn = faulty
+
+    def first_ctrl_c(executor):
+        supervisor.request_stop()
+        return [Accepted(run.job_id, run.attempt, 1) for run in executor.sent]
+
+    def reply(executor):
+        faulty.armed = True  # the second Ctrl-C lands as the success is written
+        return [JobSucceeded(done, executor.sent[0].attempt, "3", None, None)]
+
+    supervisor.executor.script = [first_ctrl_c, reply]
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    supervisor.store._conn = real
+    status = queue.get_status(done)
+    assert (status["status"], queue.get_result(done)) == ("completed", 3)
+    assert [e["status"] for e in status["executions"]] == ["completed"]
+
+
+def test_a_ctrl_c_just_after_begin_leaves_no_transaction_open(queue, other):
+    class InterruptAfterBegin(FaultyConnection):
+        def execute(self, sql, *args):
+            result = self._conn.execute(sql, *args)
+            self._check(sql)  # the statement ran: the Ctrl-C lands as it returns
+            return result
+
+    store = queue.store
+    real = store._conn
+    store._conn = faulty = InterruptAfterBegin(real, "BEGIN IMMEDIATE", KeyboardInterrupt())
+    for open_one in (store.begin_batch, lambda: store.transaction().__enter__()):
+        faulty.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            open_one()
+        assert (store._depth, real.in_transaction) == (0, False)
+    store._conn = real
+    other.submit(Job("after", jobs.noop))  # the database is not left write-locked

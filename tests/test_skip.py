@@ -1,0 +1,79 @@
+"""Skipping a job sent ahead to a worker process (cancelled while it waited there):
+the pool against real worker processes, without a supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from gigq_mp.messages import JobSucceeded, Killed, RunJob, Unstarted
+from gigq_mp.pool import LocalPool
+
+from .util import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(job_id, attempt, function, **params):
+    return RunJob(job_id, attempt, f"tests.jobs:{function}", "tests.jobs", function, json.dumps(params), None, (), None)
+
+
+def collect(pool, until, timeout=20.0):
+    """Events from pool.wait() until `until(events)` holds."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while not until(events):
+        assert time.monotonic() < deadline, events
+        events += pool.wait(0.05)
+    return events
+
+
+@pytest.fixture
+def pool():
+    pool = LocalPool(1)
+    yield pool
+    pool.shutdown()
+
+
+def test_a_skipped_job_is_answered_unstarted_and_the_worker_runs_on(pool, tmp_path):
+    marker = str(tmp_path / "ran")
+    pool.dispatch(
+        [run("long", 1, "sleep_for", seconds=1.0), run("skipped", 2, "record_run", path=marker, tag="x")], 2, {}
+    )
+    (worker,) = pool.workers
+    wait_until(lambda: worker.running() == 0, 20, "the long job to start")
+    pool.skip("skipped", 2)
+    events = collect(pool, lambda evs: any(isinstance(e, Unstarted) for e in evs))
+    replies = [(type(e).__name__, e.job_id) for e in events if isinstance(e, (JobSucceeded, Unstarted))]
+    assert replies == [("JobSucceeded", "long"), ("Unstarted", "skipped")]
+    assert not os.path.exists(marker)
+    assert pool.workers == [worker]  # the same process
+    pool.dispatch([run("next", 3, "add", a=1, b=2)], 2, {})
+    events = collect(pool, lambda evs: any(isinstance(e, JobSucceeded) for e in evs))
+    assert [e.result_text for e in events if isinstance(e, JobSucceeded)] == ["3"]
+
+
+def test_a_skip_for_a_job_already_answered_is_ignored(pool):
+    pool.dispatch([run("quick", 1, "noop")], 2, {})
+    (worker,) = pool.workers
+    wait_until(lambda: worker.counter.read() >= 1, 20, "the job to start")
+    time.sleep(0.2)  # it has answered; the pool has not read the answer yet
+    pool.skip("quick", 1)
+    events = collect(pool, lambda evs: any(isinstance(e, JobSucceeded) for e in evs))
+    assert [e.job_id for e in events if isinstance(e, JobSucceeded)] == ["quick"]
+    time.sleep(0.2)
+    assert pool.wait(0.05) == [] and pool.workers == [worker]  # no crash, no replacement
+
+
+def test_a_worker_that_starts_a_job_it_was_told_to_skip_is_killed(pool):
+    pool.dispatch([run("started", 1, "sleep_for", seconds=30)], 2, {})
+    (worker,) = pool.workers
+    wait_until(lambda: worker.counter.read() >= 1, 20, "the job to start")
+    pool.skip("started", 1)  # too late: it runs
+    events = collect(pool, lambda evs: any(isinstance(e, Killed) for e in evs), timeout=10)
+    assert [(e.job_id, e.status) for e in events if isinstance(e, Killed)] == [("started", "cancelled")]
+    assert pool.workers and pool.workers != [worker]  # replaced
+    assert worker.popen.poll() is not None  # killed and reaped
