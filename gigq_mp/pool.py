@@ -181,6 +181,7 @@ class LocalPool:
         self._failed_starts = 0  # worker processes in a row that died before answering
         self._selector = selectors.DefaultSelector()
         self._wake_fds: set = set()
+        self._undelivered: list = []  # events collected by a wait() that did not return
         self._poll = START_POLL_SECONDS  # between reads of the start counters; grows while idle
         try:
             for _ in range(size):
@@ -259,7 +260,9 @@ class LocalPool:
         for fd in set(wake_fds) - self._wake_fds:
             self._selector.register(fd, selectors.EVENT_READ, None)
             self._wake_fds.add(fd)
-        events: list = []
+        # Collected here until returned: replies taken off a pipe survive an exception
+        # (Ctrl-C) on the way and come with the next call.
+        events = self._undelivered
         polling = any(worker.unreported() for worker in self.workers)
         if polling:
             # A job may start unseen: just sent to an idle process, or behind replies held
@@ -285,6 +288,7 @@ class LocalPool:
                 found = self._started(worker, events) or found
         if polling:
             self._poll = START_POLL_SECONDS if found else min(self._poll * 2, START_POLL_MAX_SECONDS)
+        self._undelivered = []
         return events
 
     def _collect(self, worker: WorkerProcess, events: list) -> None:

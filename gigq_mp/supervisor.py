@@ -147,6 +147,7 @@ class Supervisor:
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
         self._successes: List[Success] = []  # handled, to be written by _record_successes
+        self._unhandled: Deque[object] = collections.deque()  # from the executor, not applied yet
         self._stop = threading.Event()
         self._cold = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -181,7 +182,6 @@ class Supervisor:
         started = self.finished_attempts
         self._stop.clear()
         self._cold.clear()
-        events: list = []
         batch_since: Optional[float] = None
         try:
             self._register()
@@ -192,7 +192,7 @@ class Supervisor:
                 if batch_since is None:
                     self.store.begin_batch()
                     batch_since = now
-                self._handle_all(events)
+                self._handle_all([])  # what the last wait brought
                 self._sync()
                 self._housekeeping(now)
                 self._report(now)
@@ -214,7 +214,7 @@ class Supervisor:
                 timeout = self._wait_timeout(now)
                 if batch_since is not None:
                     timeout = min(timeout, max(0.0, batch_since + self._flush_seconds() - now))
-                events = self._wait(timeout)
+                self._wait(timeout)
             self._drain()
             self._report(self.clock(), final=True)
         except KeyboardInterrupt:
@@ -303,11 +303,12 @@ class Supervisor:
         except Exception:
             logger.exception("could not commit the last batch; it was rolled back")
 
-    def _wait(self, timeout: Optional[float]) -> list:
-        """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed."""
-        events = self._ensure_executor().wait(timeout, [self._wake_r])
+    def _wait(self, timeout: Optional[float]) -> None:
+        """The one waiting point: worker pipes and the wake-up pipe; then deadlines passed.
+        What it brings is queued at once for _handle_all."""
+        self._unhandled.extend(self._ensure_executor().wait(timeout, [self._wake_r]))
         self._drain_wake()
-        return events + self._enforce_limits(self.clock())
+        self._unhandled.extend(self._enforce_limits(self.clock()))
 
     def _wait_timeout(self, now: float) -> float:
         candidates = [self.polling_interval]
@@ -435,10 +436,14 @@ class Supervisor:
     # -- outcomes -------------------------------------------------------------------------------
 
     def _handle_all(self, events: list) -> None:
-        """Apply events from the executor (inside the caller's transaction): successes are
-        written together at the end, failures and the rest one by one."""
-        for event in events:
-            self._handle(event)
+        """Apply `events`, after any left from before, inside the caller's transaction:
+        successes are written together at the end, failures and the rest one by one. An
+        event leaves the queue once applied, so one a Ctrl-C caught in between (replies of
+        jobs that ended, say) is applied by the stop that follows, not lost."""
+        self._unhandled.extend(events)
+        while self._unhandled:
+            self._handle(self._unhandled[0])
+            self._unhandled.popleft()
         self._record_successes()
 
     def _handle(self, event) -> None:
@@ -604,10 +609,11 @@ class Supervisor:
             left = deadline - self.clock()
             if left <= 0:
                 break
-            events = self._wait(min(left, self._wait_timeout(self.clock())))
+            if not self._unhandled:
+                self._wait(min(left, self._wait_timeout(self.clock())))
             self.store.begin_batch()
             try:
-                self._handle_all(events)
+                self._handle_all([])
             except BaseException:
                 self._close_batch_after_error()  # a Ctrl-C now must not undo results in hand
                 raise

@@ -268,9 +268,10 @@ def make_supervisor(db_path):
 
     made = []
 
-    def make(worker_id="sup", executor=None, concurrency=1):
+    def make(worker_id="sup", executor=None, concurrency=1, **options):
         supervisor = Supervisor(
-            JobQueue(db_path).store, worker_id=worker_id, concurrency=concurrency, executor=executor or HeldJobs()
+            JobQueue(db_path).store, worker_id=worker_id, concurrency=concurrency, executor=executor or HeldJobs(),
+            **options,
         )
         made.append(supervisor)
         return supervisor
@@ -533,3 +534,34 @@ def test_a_ctrl_c_just_after_begin_leaves_no_transaction_open(queue, other):
         assert (store._depth, real.in_transaction) == (0, False)
     store._conn = real
     other.submit(Job("after", jobs.noop))  # the database is not left write-locked
+
+
+@pytest.mark.timeout(30)
+def test_a_ctrl_c_between_receiving_a_result_and_applying_it_does_not_lose_it(queue, make_supervisor, monkeypatch):
+    from gigq_mp.messages import Accepted, JobSucceeded
+
+    done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = make_supervisor(executor=ScriptedJobs(), grace_period=1.0)
+    enforce_limits = supervisor._enforce_limits
+    interrupt = []
+
+    def ctrl_c_once(now):
+        if interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt  # the replies are in hand, not applied yet
+        return enforce_limits(now)
+
+    monkeypatch.setattr(supervisor, "_enforce_limits", ctrl_c_once)
+
+    def started(executor):
+        return [Accepted(run.job_id, run.attempt, 1) for run in executor.sent]
+
+    def result(executor):
+        interrupt.append(True)
+        return [JobSucceeded(done, executor.sent[0].attempt, "3", None, None)]
+
+    supervisor.executor.script = [started, result]
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    status = queue.get_status(done)
+    assert (status["status"], queue.get_result(done), status["attempts"]) == ("completed", 3, 1)
