@@ -502,7 +502,7 @@ class Supervisor:
             return
         successes, self._successes = self._successes, []
         try:
-            outcomes = self.store.record_successes(successes)  # all or none
+            outcomes = self.store.record_successes(successes)  # harmless to repeat
         except BaseException:
             self._successes = successes + self._successes  # results in hand: try again when closing
             raise

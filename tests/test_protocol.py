@@ -441,10 +441,11 @@ def test_a_job_another_supervisor_ran_and_failed_waits_out_its_retry_delay_here_
 
 
 class FaultyConnection:
-    """A sqlite3 connection whose next statement starting with `prefix` raises `error`."""
+    """A sqlite3 connection whose next statement starting with `prefix` raises `error`,
+    before it runs, or (`after`) once it has run."""
 
-    def __init__(self, conn, prefix, error):
-        self._conn, self.prefix, self.error, self.armed = conn, prefix, error, False
+    def __init__(self, conn, prefix, error, after=False):
+        self._conn, self.prefix, self.error, self.after, self.armed = conn, prefix, error, after, False
 
     def _check(self, sql):
         if self.armed and sql.startswith(self.prefix):
@@ -452,12 +453,20 @@ class FaultyConnection:
             raise self.error
 
     def execute(self, sql, *args):
-        self._check(sql)
-        return self._conn.execute(sql, *args)
+        if not self.after:
+            self._check(sql)
+        result = self._conn.execute(sql, *args)
+        if self.after:
+            self._check(sql)
+        return result
 
     def executemany(self, sql, *args):
-        self._check(sql)
-        return self._conn.executemany(sql, *args)
+        if not self.after:
+            self._check(sql)
+        result = self._conn.executemany(sql, *args)
+        if self.after:
+            self._check(sql)
+        return result
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
@@ -491,13 +500,14 @@ def test_a_commit_that_fails_in_the_loop_leaves_the_store_usable_and_atomic(queu
 
 
 @pytest.mark.timeout(30)
-def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supervisor):
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-update", "after-the-update"])
+def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supervisor, after):
     from gigq_mp.messages import Accepted, JobSucceeded
 
     done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
     supervisor = make_supervisor(executor=ScriptedJobs())
     real = supervisor.store._conn
-    faulty = FaultyConnection(real, "UPDATE jobs SET status = 'completed'", KeyboardInterrupt())
+    faulty = FaultyConnection(real, "UPDATE jobs SET status = 'completed'", KeyboardInterrupt(), after=after)
     supervisor.store._conn = faulty
 
     def first_ctrl_c(executor):
@@ -515,6 +525,7 @@ def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supe
     status = queue.get_status(done)
     assert (status["status"], queue.get_result(done)) == ("completed", 3)
     assert [e["status"] for e in status["executions"]] == ["completed"]
+    assert supervisor.counts["completed"] == 1
 
 
 def test_a_ctrl_c_just_after_begin_leaves_no_transaction_open(queue, other):
