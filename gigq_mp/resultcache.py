@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 from .serialize import StoredResult
 
+ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its result (dict slot, list, tuple, strings)
+
 
 class ResultCache:
     """Results by job id, each for a number of claims; the oldest go first when full.
@@ -33,7 +35,7 @@ class ResultCache:
 
     @property
     def size(self) -> int:
-        """Bytes of the results kept."""
+        """Bytes held: the results kept, and ENTRY_OVERHEAD per entry."""
         return self._bytes
 
     def put(self, job_id: str, result: StoredResult, children: int) -> None:
@@ -43,6 +45,7 @@ class ResultCache:
         size = len(text or "") + len(blob or b"")
         if children <= 0 or path is not None or size > self.max_item_bytes:
             return
+        size += ENTRY_OVERHEAD  # so many tiny results are bounded too
         self._entries[job_id] = [result, children, size]
         self._bytes += size
         while self._bytes > self.max_bytes:

@@ -2,20 +2,22 @@
 
 import pytest
 
-from gigq_mp.resultcache import ResultCache
+from gigq_mp.resultcache import ENTRY_OVERHEAD, ResultCache
+
+E = ENTRY_OVERHEAD
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def test_a_result_serves_each_waiting_child_once():
-    cache = ResultCache(max_bytes=100, max_item_bytes=40)
+    cache = ResultCache(max_bytes=100 + 2 * E, max_item_bytes=40)
     cache.put("p", ("1", None, None), children=2)
     assert [cache.take("p"), cache.take("p"), cache.take("p")] == [("1", None, None), ("1", None, None), None]
     assert (len(cache), cache.size) == (0, 0)
 
 
 def test_only_small_results_held_in_memory_are_kept():
-    cache = ResultCache(max_bytes=100, max_item_bytes=40)
+    cache = ResultCache(max_bytes=100 + 2 * E, max_item_bytes=40)
     cache.put("big", ("x" * 41, None, None), children=1)
     cache.put("file", (None, None, "/results/f"), children=1)
     cache.put("nobody", ("1", None, None), children=0)
@@ -23,20 +25,27 @@ def test_only_small_results_held_in_memory_are_kept():
 
 
 def test_when_full_the_oldest_results_go_first():
-    cache = ResultCache(max_bytes=100, max_item_bytes=40)
+    cache = ResultCache(max_bytes=100 + 2 * E, max_item_bytes=40)
     for i in range(3):
         cache.put(f"b{i}", (None, b"y" * 40, None), children=1)
-    assert (len(cache), cache.size) == (2, 80)
+    assert (len(cache), cache.size) == (2, 80 + 2 * E)
     assert cache.take("b0") is None  # the oldest made room
     assert cache.take("b2") == (None, b"y" * 40, None)
 
 
 def test_a_result_put_again_replaces_the_first_and_clear_forgets_all():
-    cache = ResultCache(max_bytes=100, max_item_bytes=40)
+    cache = ResultCache(max_bytes=100 + 2 * E, max_item_bytes=40)
     cache.put("p", ("old", None, None), children=1)
     cache.put("p", ("new!", None, None), children=1)
-    assert cache.size == 4
+    assert cache.size == 4 + E
     assert cache.take("p") == ("new!", None, None)
     cache.put("q", ("1", None, None), children=3)
     cache.clear()
     assert (len(cache), cache.size, cache.take("q")) == (0, 0, None)
+
+
+def test_many_tiny_results_are_bounded_by_their_entries():
+    cache = ResultCache(max_bytes=10 * E, max_item_bytes=40)
+    for i in range(100):
+        cache.put(f"t{i}", ("1", None, None), children=1)
+    assert len(cache) == 9  # 9 * (E + 1) bytes fit in 10 * E, a tenth would not
