@@ -19,9 +19,9 @@ from datetime import datetime
 from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 
 from .log import get_logger
+from .memory import paused_gc, release_memory
 from .model import BLOCKING, FINAL
 from .scheduler import OrderKey, Scheduler, order_key
-from .memory import paused_gc, release_memory
 from .store import Store, Submission
 
 logger = get_logger(__name__)
