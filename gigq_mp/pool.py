@@ -373,16 +373,20 @@ class LocalPool:
         `Killed` event for the job (with what it printed) and `Unstarted` events for the
         jobs that were sent ahead to the killed process."""
         events: list = []
-        for worker in list(self.workers):
-            if not any(run.job_id == job_id and run.attempt == attempt for run in worker.jobs):
-                continue
-            self._collect(worker, events)  # replies already on their way count
-            index = worker.running() if worker in self.workers else None
-            if index is None or (worker.jobs[index].job_id, worker.jobs[index].attempt) != (job_id, attempt):
-                return events  # it ended meanwhile, or has not started
-            self._kill_worker(worker, events, index, status, error)
+        try:
+            for worker in list(self.workers):
+                if not any(run.job_id == job_id and run.attempt == attempt for run in worker.jobs):
+                    continue
+                self._collect(worker, events)  # replies already on their way count
+                index = worker.running() if worker in self.workers else None
+                if index is None or (worker.jobs[index].job_id, worker.jobs[index].attempt) != (job_id, attempt):
+                    return events  # it ended meanwhile, or has not started
+                self._kill_worker(worker, events, index, status, error)
+                return events
             return events
-        return events
+        except BaseException:
+            self._undelivered.extend(events)  # taken off the pipes: the next wait() returns them
+            raise
 
     def _kill_worker(self, worker: WorkerProcess, events: list, index: int, status: str, error: str) -> None:
         """Kill the worker running its job at `index` (read before the kill); replace it."""

@@ -253,6 +253,19 @@ class Store:
                 self._depth = 0
             self._conn.execute("COMMIT")
 
+    @contextmanager
+    def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
+        """Inside a transaction: undo what the block wrote if it does not finish (a Ctrl-C
+        between two statements of one operation), keep the rest of the transaction."""
+        db.execute("SAVEPOINT operation")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK TO operation")
+            db.execute("RELEASE operation")
+            raise
+        db.execute("RELEASE operation")
+
     def begin_batch(self) -> None:
         """Open a write transaction that stays open across calls until commit_batch()."""
         self._lock.acquire()
@@ -680,7 +693,7 @@ class Store:
         """
         now = now_iso()
         rows: Dict[str, sqlite3.Row] = {}
-        with self.transaction() as db:
+        with self.transaction() as db, self._savepoint(db):  # its two statements, both or none
             for chunk in _chunks(list(jobs)):
                 marks = ",".join("?" * len(chunk))
                 for row in db.execute(

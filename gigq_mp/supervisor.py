@@ -77,6 +77,7 @@ class Attempt:
     pid: Optional[int] = None
     peak_mb: float = 0.0
     claim: int = 0  # unique per claim in this supervisor: what RunJob.attempt and replies carry
+    succeeded: bool = False  # its success is queued (a Ctrl-C may make its event come again)
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -142,6 +143,7 @@ class Supervisor:
         self.open_targets = self.tracker.open_targets  # jobs run(until=...) waits for
         self._targets = frozenset(targets or ())
         self.finished_attempts = 0
+        self._next_prune = PRUNE_CHANGES_EVERY  # finished attempts at the next trim of the change log
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
@@ -252,7 +254,11 @@ class Supervisor:
         self._peers = len(self.store.supervisors()) - 1
 
     def _housekeeping(self, now: float) -> None:
-        """Heartbeat; and, when idle, take back the jobs of supervisors that died."""
+        """Heartbeat; trim the change log now and then; and, when idle, take back the jobs
+        of supervisors that died."""
+        if self.finished_attempts >= self._next_prune:
+            self._next_prune = self.finished_attempts + PRUNE_CHANGES_EVERY
+            self.store.prune_changes()
         if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self.store.heartbeat(self.worker_id)
             self._peers = len(self.store.supervisors()) - 1
@@ -308,7 +314,7 @@ class Supervisor:
         What it brings is queued at once for _handle_all."""
         self._unhandled.extend(self._ensure_executor().wait(timeout, [self._wake_r]))
         self._drain_wake()
-        self._unhandled.extend(self._enforce_limits(self.clock()))
+        self._enforce_limits(self.clock())
 
     def _wait_timeout(self, now: float) -> float:
         candidates = [self.polling_interval]
@@ -368,21 +374,25 @@ class Supervisor:
         if not job_ids:
             return False
         claimed = self.store.claim([(j, self.scheduler.sequence(j)) for j in job_ids], self.worker_id)
-        taken = {row["id"] for row, _ in claimed}
-        for job_id in job_ids:
-            if job_id not in taken:
-                self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-        parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
-        results = {}
-        for deps in parents.values():
-            for parent in deps:
-                kept = self._parent_results.take(parent)
-                if kept is not None:
-                    results[parent] = kept
-        results.update(self.store.results([p for deps in parents.values() for p in deps if p not in results]))
-        self._buffer.extend(
-            self._prepare(row, ref, parents[row["id"]], results) for row, ref in claimed
-        )
+        try:
+            taken = {row["id"] for row, _ in claimed}
+            for job_id in job_ids:
+                if job_id not in taken:
+                    self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
+            parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
+            results = {}
+            for deps in parents.values():
+                for parent in deps:
+                    kept = self._parent_results.take(parent)
+                    if kept is not None:
+                        results[parent] = kept
+            results.update(self.store.results([p for deps in parents.values() for p in deps if p not in results]))
+            self._buffer.extend(self._prepare(row, ref, parents[row["id"]], results) for row, ref in claimed)
+        except BaseException:
+            for row, ref in claimed:  # claimed, never ours in memory (a Ctrl-C): back to pending
+                if row["id"] not in self.running:
+                    self.store.release_unstarted(ref)
+            raise
         return bool(claimed)
 
     def _prepare(self, row, ref: AttemptRef, parents: List[str], results: dict) -> RunJob:
@@ -470,8 +480,9 @@ class Supervisor:
         elif isinstance(event, Killed):
             self._failed(attempt, event.status, event.error, (event.stdout, event.stderr))
         elif isinstance(event, Unstarted):
+            released = self.store.release_unstarted(attempt.ref)  # then forgotten: see _failed
             del self.running[attempt.job_id]
-            if self.store.release_unstarted(attempt.ref):
+            if released:
                 self.scheduler.retry(attempt.job_id, None)
             else:
                 self.scheduler.discard(attempt.job_id)
@@ -482,19 +493,20 @@ class Supervisor:
         """Forget a finished attempt; `seconds` is how long its job ran, as the worker measured."""
         del self.running[attempt.job_id]
         self.finished_attempts += 1
-        if self.finished_attempts % PRUNE_CHANGES_EVERY == 0:
-            self.store.prune_changes()
         if seconds is None and attempt.started is not None:
             seconds = self.clock() - attempt.started
         if seconds is not None:
             self._mean_duration += 0.2 * (seconds - self._mean_duration)
 
     def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
+        """Queue the success, then forget the attempt (so a Ctrl-C in between keeps the result)."""
+        if not attempt.succeeded:
+            result = (event.result_text, event.result_blob, event.result_path)
+            self._successes.append(Success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)))
+            attempt.succeeded = True
         self._ended(attempt, event.seconds)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
-        result = (event.result_text, event.result_blob, event.result_path)
-        self._successes.append(Success(attempt.ref, attempt.pid, result, (event.stdout, event.stderr)))
 
     def _record_successes(self) -> None:
         """Write the queued successes in one go; their children may then run."""
@@ -563,10 +575,10 @@ class Supervisor:
         self.store.close_attempt(attempt.ref, attempt.pid, outcome, error, output)
         self._handle_all([event for event in events if not isinstance(event, Killed)])
 
-    def _enforce_limits(self, now: float) -> list:
+    def _enforce_limits(self, now: float) -> None:
         """Kill the process tree of every attempt past its deadline or its memory limit;
-        return the events to record."""
-        events: list = []
+        queue the events to record (each kill's at once)."""
+        events = self._unhandled
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, job_id, claim = heapq.heappop(self._deadlines)
             attempt = self.running.get(job_id)
@@ -588,7 +600,6 @@ class Supervisor:
                         "its worker process tree was killed"
                     )
                     events += self._kill(attempt, "failed", error)
-        return events
 
     def _kill(self, attempt: Attempt, status: str, error: str) -> list:
         deadline, attempt.deadline = attempt.deadline, None  # killed once; the Killed event ends it

@@ -330,7 +330,7 @@ def test_successes_written_together_drop_only_the_job_someone_else_changed(queue
     assert (other.get_status(kept)["status"], other.get_result(kept)) == ("completed", 3)
     assert (other.get_status(changed)["status"], other.get_result(changed)) == ("cancelled", None)
     assert [e["status"] for e in other.get_status(changed)["executions"]] == ["completed"]  # the attempt ran
-    assert supervisor.counts["completed"] == 1
+    assert supervisor.counts["completed"] == 1  # once, however often its event was applied
     claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
     run = supervisor.executor.sent[-1]
     assert run.job_id == child and run.parent_results[0][:2] == (kept, "3")
@@ -525,7 +525,7 @@ def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supe
     status = queue.get_status(done)
     assert (status["status"], queue.get_result(done)) == ("completed", 3)
     assert [e["status"] for e in status["executions"]] == ["completed"]
-    assert supervisor.counts["completed"] == 1
+    assert supervisor.counts["completed"] == 1  # once, however often its event was applied
 
 
 def test_a_ctrl_c_just_after_begin_leaves_no_transaction_open(queue, other):
@@ -576,3 +576,53 @@ def test_a_ctrl_c_between_receiving_a_result_and_applying_it_does_not_lose_it(qu
         supervisor.run()
     status = queue.get_status(done)
     assert (status["status"], queue.get_result(done), status["attempts"]) == ("completed", 3, 1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["INSERT INTO job_executions", "SELECT id, result"])
+def test_a_ctrl_c_inside_a_claim_leaves_no_job_running_unowned(queue, make_supervisor, where):
+    # Between the claim's two statements, or after it while the parents' results are read.
+    ids = [queue.submit(Job(f"j{i}", jobs.add, params={"a": i, "b": 1})) for i in range(3)]
+    parent_of_one = queue.submit(Job("p", jobs.add, params={"a": 0, "b": 0}))
+    queue.store._conn.execute("UPDATE jobs SET status = 'completed', result = '0' WHERE id = ?", (parent_of_one,))
+    child = queue.submit(Job("child", jobs.sum_parents, dependencies=[parent_of_one]))
+    supervisor = make_supervisor(executor=ScriptedJobs(), concurrency=4)
+    real = supervisor.store._conn
+    supervisor.store._conn = faulty = FaultyConnection(real, where, KeyboardInterrupt())
+    faulty.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    supervisor.store._conn = real
+    for job_id in ids + [child]:
+        status = queue.get_status(job_id)
+        assert (status["status"], status["attempts"], status["executions"]) == ("pending", 0, []), job_id
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("forgotten", [True, False], ids=["just-after-forgetting", "just-before"])
+def test_a_ctrl_c_while_an_attempt_is_forgotten_keeps_its_result(queue, make_supervisor, monkeypatch, forgotten):
+    from gigq_mp.messages import Accepted, JobSucceeded
+
+    done = queue.submit(Job("done", jobs.add, params={"a": 1, "b": 2}))
+    supervisor = make_supervisor(executor=ScriptedJobs(), grace_period=1.0)
+    ended = supervisor._ended
+    calls = []
+
+    def ctrl_c_once(attempt, seconds=None):
+        calls.append(attempt.job_id)
+        if len(calls) > 1 or forgotten:
+            ended(attempt, seconds)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # before: its event is applied again by the stop
+
+    monkeypatch.setattr(supervisor, "_ended", ctrl_c_once)
+    supervisor.executor.script = [
+        lambda executor: [Accepted(run.job_id, run.attempt, 1) for run in executor.sent],
+        lambda executor: [JobSucceeded(done, executor.sent[0].attempt, "3", None, None)],
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    status = queue.get_status(done)
+    assert (status["status"], queue.get_result(done)) == ("completed", 3)
+    assert [e["status"] for e in status["executions"]] == ["completed"]
+    assert supervisor.counts["completed"] == 1  # once, however often its event was applied

@@ -77,3 +77,24 @@ def test_a_worker_that_starts_a_job_it_was_told_to_skip_is_killed(pool):
     assert [(e.job_id, e.status) for e in events if isinstance(e, Killed)] == [("started", "cancelled")]
     assert pool.workers and pool.workers != [worker]  # replaced
     assert worker.popen.poll() is not None  # killed and reaped
+
+
+def test_replies_taken_off_the_pipe_by_an_interrupted_kill_come_with_the_next_wait(pool, monkeypatch):
+    from gigq_mp.pool import WorkerProcess
+
+    pool.dispatch([run("quick", 1, "add", a=1, b=2), run("slow", 2, "sleep_for", seconds=60)], 4, {})
+    (worker,) = pool.workers
+    wait_until(lambda: worker.running() == 1, 20, "the slow job to start")
+    time.sleep(0.2)  # the quick job's reply waits on the pipe
+    kill = WorkerProcess.kill
+
+    def kill_then_ctrl_c(self, grace):
+        kill(self, grace)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorkerProcess, "kill", kill_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        pool.kill("slow", 2, "timeout", "timed out")
+    monkeypatch.undo()
+    events = pool.wait(0.1)
+    assert [(e.job_id, e.result_text) for e in events if isinstance(e, JobSucceeded)] == [("quick", "3")]
