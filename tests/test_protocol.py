@@ -452,21 +452,19 @@ class FaultyConnection:
             self.armed = False
             raise self.error
 
-    def execute(self, sql, *args):
+    def _run(self, method, sql, args):
         if not self.after:
             self._check(sql)
-        result = self._conn.execute(sql, *args)
+        result = getattr(self._conn, method)(sql, *args)
         if self.after:
             self._check(sql)
         return result
 
+    def execute(self, sql, *args):
+        return self._run("execute", sql, args)
+
     def executemany(self, sql, *args):
-        if not self.after:
-            self._check(sql)
-        result = self._conn.executemany(sql, *args)
-        if self.after:
-            self._check(sql)
-        return result
+        return self._run("executemany", sql, args)
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
@@ -529,15 +527,10 @@ def test_a_second_ctrl_c_while_successes_are_written_keeps_them(queue, make_supe
 
 
 def test_a_ctrl_c_just_after_begin_leaves_no_transaction_open(queue, other):
-    class InterruptAfterBegin(FaultyConnection):
-        def execute(self, sql, *args):
-            result = self._conn.execute(sql, *args)
-            self._check(sql)  # the statement ran: the Ctrl-C lands as it returns
-            return result
-
     store = queue.store
     real = store._conn
-    store._conn = faulty = InterruptAfterBegin(real, "BEGIN IMMEDIATE", KeyboardInterrupt())
+    # The statement ran: the Ctrl-C lands as it returns.
+    store._conn = faulty = FaultyConnection(real, "BEGIN IMMEDIATE", KeyboardInterrupt(), after=True)
     for open_one in (store.begin_batch, lambda: store.transaction().__enter__()):
         faulty.armed = True
         with pytest.raises(KeyboardInterrupt):
