@@ -32,8 +32,9 @@ REPLY_LATE = 0.01  # ...and at most, while a job runs
 
 
 class FunctionCache:
-    """A bounded LRU of callables by key. The supervisor keeps a mirror of each
-    worker's cache with the same rule, so it knows when to send a callable again."""
+    """A bounded LRU of loaded callables by key (in a worker process: the callable and
+    whether it takes parent results). The supervisor keeps a mirror of each worker's
+    cache with the same rule, so it knows when to send a callable again."""
 
     def __init__(self, capacity: int = FUNCTION_CACHE_SIZE):
         self.capacity = capacity
@@ -79,15 +80,17 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
     The cache is touched in the same order as the supervisor's mirror of it, so a
     callable missing here always arrived in `pickled` with this job's batch.
     """
-    function = functions.get(message.function_key)
-    if function is None:
+    loaded = functions.get(message.function_key)
+    if loaded is None:  # its signature is read once, here: inspect.signature costs more than a short job
         function = load_callable(
             pickled.pop(message.function_key, None), message.function_module, message.function_name
         )
-        functions.put(message.function_key, function)
+        loaded = (function, wants_parent_results(function))
+        functions.put(message.function_key, loaded)
+    function, wants = loaded
     params = decode_value(message.params_text, message.params_blob) or {}
     inject = message.pass_parent_results
-    if message.parent_results and (inject or (inject is None and wants_parent_results(function))):
+    if message.parent_results and (inject or (inject is None and wants)):
         params = dict(params)
         params["parent_results"] = {
             parent_id: decode_value(text, blob, path) for parent_id, text, blob, path in message.parent_results
