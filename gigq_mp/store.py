@@ -729,7 +729,8 @@ class Store:
     def record_successes(self, successes: Sequence[Success]) -> List[bool]:
         """running -> completed with its result (and what it printed), for each attempt;
         False for a job no longer running under its attempt's supervisor (its attempt is
-        closed all the same). One statement of each kind for all of them.
+        closed all the same). One statement of each kind for all of them; the rows are
+        read back only when some job was not ours any more (someone cancelled it, say).
 
         Doing it again after an interruption half-way, in the same open batch, is harmless:
         a job this supervisor already marked completed counts as recorded (nobody else
@@ -737,24 +738,24 @@ class Store:
         """
         now = now_iso()
         with self.transaction() as db:
-            ours = set()
-            for chunk in _chunks([s.ref.seq for s in successes]):
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT rowid, id, worker_id FROM jobs WHERE rowid IN ({marks}) "
-                    "AND +status IN ('running', 'completed')",
-                    chunk,
-                )
-                ours.update(tuple(row) for row in rows)
-            recorded = [s.ref.job_key in ours for s in successes]
             done = db.executemany(
                 "UPDATE jobs SET status = 'completed', result = ?, result_blob = ?, result_path = ?, "
                 "error = NULL, completed_at = ?, updated_at = ? "
                 "WHERE rowid = ? AND +id = ? AND +status IN ('running', 'completed') AND worker_id = ?",
-                [(*s.result, now, now, *s.ref.job_key) for s, ok in zip(successes, recorded) if ok],
+                [(*s.result, now, now, *s.ref.job_key) for s in successes],
             ).rowcount
-            if done != sum(recorded):  # cannot happen: this transaction holds the write lock
-                raise RuntimeError(f"recorded {done} of {sum(recorded)} successes checked a moment before")
+            if done == len(successes):
+                recorded = [True] * len(successes)
+            else:  # which ones: a job ours is now completed under our id, the others were not touched
+                ours = set()
+                for chunk in _chunks([s.ref.seq for s in successes]):
+                    marks = ",".join("?" * len(chunk))
+                    rows = db.execute(
+                        f"SELECT rowid, id, worker_id FROM jobs WHERE rowid IN ({marks}) AND +status = 'completed'",
+                        chunk,
+                    )
+                    ours.update(tuple(row) for row in rows)
+                recorded = [s.ref.job_key in ours for s in successes]
             db.executemany(
                 "UPDATE job_executions SET status = 'completed', completed_at = ?, result = ?, pid = ?, "
                 "stdout = ?, stderr = ? WHERE id = ?",
