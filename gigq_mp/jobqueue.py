@@ -169,9 +169,6 @@ class JobQueue:
             job.id: job_row(job, functions, keys, workflow, job_keys.get(job.id), params.get(job.id)) for job in jobs
         }
         ordered = topological_order(jobs)
-        already = self.store.existing_ids(list(rows))
-        if already:
-            raise ValidationError(f"jobs already submitted: {', '.join(sorted(already))}")
         outside = {d for job in jobs for d in job.dependencies if d not in rows}
         missing = outside - self.store.existing_ids(list(outside))
         if missing:

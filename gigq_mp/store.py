@@ -20,11 +20,11 @@ import tempfile
 import threading
 import uuid
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from .capture import Output
-from .errors import GigqMpError
+from .errors import GigqMpError, ValidationError
 from .log import get_logger
 from .memory import release_memory
 from .model import FINAL, now_iso
@@ -384,41 +384,51 @@ class Store:
         """
         now = now_iso()
         bulk = len(rows) > 10_000
-        with self.transaction() as db:
-            if bulk:
-                db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-            (before,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM jobs").fetchone()
-            db.executemany(
-                "INSERT OR IGNORE INTO functions (key, blob) VALUES (?, ?)", list(functions.items())
-            )
-            db.executemany(
-                """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
-                    params_blob, priority, dependencies, max_attempts, timeout, description, status,
-                    created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
-                    max_memory_mb, job_key, workflow)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?, ?, ?)""",
-                (
+        try:
+            # A savepoint only inside an open batch (a submission from a progress callback):
+            # alone, the transaction's rollback undoes a failed insert.
+            with self.transaction() as db, (self._savepoint(db) if self._depth > 1 else nullcontext()):
+                if bulk:
+                    db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+                (before,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM jobs").fetchone()
+                db.executemany(
+                    "INSERT OR IGNORE INTO functions (key, blob) VALUES (?, ?)", list(functions.items())
+                )
+                db.executemany(
+                    """INSERT INTO jobs (id, name, function_name, function_module, function_key, params,
+                        params_blob, priority, dependencies, max_attempts, timeout, description, status,
+                        created_at, updated_at, attempts, pass_parent_results, retry_delay, retry_backoff,
+                        max_memory_mb, job_key, workflow)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?, ?, ?)""",
                     (
-                        r.id, r.name, r.function_name, r.function_module, r.function_key, r.params,
-                        r.params_blob, r.priority, json.dumps(r.dependencies) if r.dependencies else "[]",
-                        r.max_attempts, r.timeout,
-                        r.description, r.created_at, now, r.pass_parent_results, r.retry_delay,
-                        r.retry_backoff, r.max_memory_mb, r.job_key, r.workflow,
-                    )
-                    for r in rows
-                ),
-            )
-            db.executemany(
-                "INSERT INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
-                ((r.id, dep, position) for r in rows for position, dep in enumerate(r.dependencies)),
-            )
-            if bulk:
-                db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
-            cursor = self.change_cursor()
-            landed = rows and db.execute(
-                "SELECT (SELECT id FROM jobs WHERE rowid = ?), (SELECT id FROM jobs WHERE rowid = ?)",
-                (before + 1, before + len(rows)),
-            ).fetchone()
+                        (
+                            r.id, r.name, r.function_name, r.function_module, r.function_key, r.params,
+                            r.params_blob, r.priority, json.dumps(r.dependencies) if r.dependencies else "[]",
+                            r.max_attempts, r.timeout,
+                            r.description, r.created_at, now, r.pass_parent_results, r.retry_delay,
+                            r.retry_backoff, r.max_memory_mb, r.job_key, r.workflow,
+                        )
+                        for r in rows
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO job_dependencies (job_id, depends_on, position) VALUES (?, ?, ?)",
+                    ((r.id, dep, position) for r in rows for position, dep in enumerate(r.dependencies)),
+                )
+                cursor = self.change_cursor()
+                landed = rows and db.execute(
+                    "SELECT (SELECT id FROM jobs WHERE rowid = ?), (SELECT id FROM jobs WHERE rowid = ?)",
+                    (before + 1, before + len(rows)),
+                ).fetchone()
+        except sqlite3.IntegrityError as exc:
+            # The primary key is the check (no read of every id first); nothing was written.
+            already = self.existing_ids([r.id for r in rows]) if "jobs.id" in str(exc) else None
+            if not already:
+                raise
+            raise ValidationError(f"jobs already submitted: {', '.join(sorted(already))}") from None
+        finally:
+            if bulk and not self.closed():
+                self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
         if bulk:
             release_memory()
         if rows and (cursor[1] != before + len(rows) or tuple(landed) != (rows[0].id, rows[-1].id)):

@@ -13,7 +13,7 @@ import pytest
 
 import gigq_mp
 from gigq_mp import Job, JobQueue, JobStatus, Worker, close_connections, setup_logging
-from gigq_mp.errors import WaitTimeout
+from gigq_mp.errors import ValidationError, WaitTimeout
 
 from . import jobs
 from .util import WorkerThread, drain
@@ -312,3 +312,31 @@ def test_a_submission_says_where_its_jobs_landed_and_their_outcomes_are_read_fro
     assert sorted(rows) == sorted([batch[0].id, batch[2].id, before])  # the deleted one is missing
     assert {row["status"] for row in rows.values()} == {"pending"}
     assert queue.insert([]).rows == []
+
+
+def test_submitting_a_job_twice_is_refused_and_writes_nothing(tmp_path):
+    queue = JobQueue(str(tmp_path / "q.db"))
+    first = Job("first", jobs.add, params={"a": 1, "b": 2})
+    queue.submit(first)
+    fresh = [Job(f"fresh{i}", jobs.add, params={"a": i, "b": 0}) for i in range(3)]
+    with pytest.raises(ValidationError, match=f"already submitted: {first.id}"):
+        queue.submit_many(fresh[:2] + [first] + fresh[2:])
+    assert queue.stats()["total"] == 1
+    assert [queue.get_status(job.id)["exists"] for job in fresh] == [False, False, False]
+    queue.close()
+
+
+def test_a_refused_submission_inside_an_open_batch_leaves_the_batch_clean(tmp_path):
+    """A progress callback of a run submits inside the supervisor's open batch: a refused
+    submission must not leave its first rows there, to be committed with the batch."""
+    queue = JobQueue(str(tmp_path / "q.db"))
+    first = Job("first", jobs.add, params={"a": 1, "b": 2})
+    queue.submit(first)
+    fresh = Job("fresh", jobs.add, params={"a": 3, "b": 4})
+    queue.store.begin_batch()
+    with pytest.raises(ValidationError, match="already submitted"):
+        queue.submit_many([fresh, first])
+    queue.store.commit_batch()
+    assert queue.stats()["total"] == 1
+    assert not queue.get_status(fresh.id)["exists"]
+    queue.close()
