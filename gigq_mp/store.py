@@ -60,6 +60,7 @@ WITH RECURSIVE down(id) AS (
 BUSY_SECONDS = 5.0  # SQLite's own wait for a lock, before we log and wait again
 CACHE_KIB = 16 * 1024  # SQLite page cache of a connection
 BULK_CACHE_KIB = 32 * 1024  # ... while a large submission inserts at random places in the indexes
+BULK_ROWS = 10_000  # a submission this large counts as large
 _CHUNK = 900  # stay far below SQLite's limit on bound variables
 # Guards are written `+status` so the planner looks rows up by id, never by scanning the status index.
 
@@ -383,7 +384,7 @@ class Store:
         (SQLite picks random rowids once the largest possible one is taken).
         """
         now = now_iso()
-        bulk = len(rows) > 10_000
+        bulk = len(rows) > BULK_ROWS
         try:
             # A savepoint only inside an open batch (a submission from a progress callback):
             # alone, the transaction's rollback undoes a failed insert.
@@ -427,7 +428,7 @@ class Store:
                 raise
             raise ValidationError(f"jobs already submitted: {', '.join(sorted(already))}") from None
         finally:
-            if bulk and not self.closed():
+            if bulk and not self.closed:
                 self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
         if bulk:
             release_memory()

@@ -13,6 +13,7 @@ import pytest
 
 import gigq_mp
 from gigq_mp import Job, JobQueue, JobStatus, Worker, close_connections, setup_logging
+from gigq_mp import store as store_module
 from gigq_mp.errors import ValidationError, WaitTimeout
 
 from . import jobs
@@ -339,4 +340,23 @@ def test_a_refused_submission_inside_an_open_batch_leaves_the_batch_clean(tmp_pa
     queue.store.commit_batch()
     assert queue.stats()["total"] == 1
     assert not queue.get_status(fresh.id)["exists"]
+    queue.close()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_large_submission_gives_its_extra_page_cache_back(tmp_path, monkeypatch, refused):
+    monkeypatch.setattr(store_module, "BULK_ROWS", 2)
+    queue = JobQueue(str(tmp_path / "q.db"))
+    first = Job("first", jobs.add, params={"a": 1, "b": 2})
+    if refused:
+        queue.submit(first)
+    batch = [Job(f"j{i}", jobs.add, params={"a": i, "b": 0}) for i in range(4)] + ([first] if refused else [])
+    if refused:
+        with pytest.raises(ValidationError, match="already submitted"):
+            queue.submit_many(batch)
+    else:
+        queue.submit_many(batch)
+    assert queue.stats()["total"] == (1 if refused else 4)
+    (cache,) = queue.store._conn.execute("PRAGMA cache_size").fetchone()
+    assert cache == -store_module.CACHE_KIB
     queue.close()
