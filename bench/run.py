@@ -4,8 +4,9 @@ Every (workload, tool) pair runs in a fresh process (bench/cases.py) and is
 timed there from the call that starts the work to the last result, pool
 start-up and shutdown included, for gigq_mp and the peers alike. A run that
 does not finish within its cap is reported as "> N s". The short workloads
-(a)-(d) run three times per tool, interleaved, and count their median run (a
-2-core machine with other work on it moves single runs by 20 % or more). Prints
+(a)-(e) run three times per tool, interleaved, and count their median run (a
+2-core machine with other work on it moves single runs by 20 % or more); the
+peak RSS shown is the highest of the runs. Prints
 one table on stdout (progress and tracebacks on stderr).
 
 ratio = how many times better gigq_mp is than the peer on that row (peer time /
@@ -36,7 +37,7 @@ from bench import jobs  # noqa: E402
 FULL = {
     "a": 10_000, "b": 5_000, "c": 1_000, "d": 16, "d_secs": 0.25,
     "e": (10_000, 100_000), "f": 20, "g_mb": 200,
-    "repeat": 3,  # runs of each short workload (a)-(d) per tool; the median counts
+    "repeat": 3,  # runs of each workload (a)-(e) per tool; the median counts
     "budget": 570.0,  # seconds for the whole run (make bench: < 10 min with pip)
     "cap": 60.0, "cap_e_large": 240.0, "gigq_cap": 60.0, "slack": 15.0,
 }
@@ -125,13 +126,16 @@ class Runner:
         log(f"  {label}: {describe(res)}  [{time.monotonic() - t:.1f} s wall]")
         return res
 
-    def rounds(self, case: str, tools: List[str], args: Dict[str, Any], times: int) -> Dict[str, Dict[str, Any]]:
+    def rounds(
+        self, case: str, tools: List[str], args: Dict[str, Any], times: int, cap: Optional[float] = None
+    ) -> Dict[str, Dict[str, Any]]:
         """Run each tool `times` times, interleaved (ours, peer, ..., ours, peer, ...), so that a
-        burst of other load on the machine hits every tool alike; keep each tool's median run."""
+        burst of other load on the machine hits every tool alike; keep each tool's median run,
+        with the highest peak RSS of its runs."""
         runs: Dict[str, List[Dict[str, Any]]] = {tool: [] for tool in tools}
         for _ in range(times):
             for tool in tools:
-                runs[tool].append(self.run(case, tool, args))
+                runs[tool].append(self.run(case, tool, args, cap))
         out = {}
         for tool, results in runs.items():
             timed = [r for r in results if "seconds" in r and not r.get("capped")]
@@ -139,7 +143,10 @@ class Runner:
                 out[tool] = next(r for r in results if r not in timed)
                 continue
             timed.sort(key=lambda r: r["seconds"])
+            peaks = [r["rss_peak_mb"] for r in timed if r.get("rss_peak_mb")]
             out[tool] = dict(timed[len(timed) // 2], runs=[round(r["seconds"], 3) for r in results])
+            if peaks:
+                out[tool]["rss_peak_mb"] = max(peaks)
         return out
 
     def run_timeouts(self, n: int) -> Dict[str, Any]:
@@ -356,10 +363,10 @@ def main() -> int:
     d_args = {"n": nd, "spin": spin_n}
     for tool, res in R.rounds("d", ["gigq_mp", "serial", "ppe", "joblib"], d_args, t).items():
         m[f"d.{'ours' if tool == 'gigq_mp' else tool}"] = res
-    m["e.ours.small"] = R.run("e", "gigq_mp", {"n": e_small})
-    m["e.ours.large"] = R.run("e", "gigq_mp", {"n": e_large}, cap=cfg["cap_e_large"])
-    m["e.ppe.small"] = R.run("e", "ppe", {"n": e_small})
-    m["e.ppe.large"] = R.run("e", "ppe", {"n": e_large})
+    # (e) is a ratio of two runs: each size runs `repeat` times too, so one slow run cannot move it.
+    for size, tag, cap in ((e_small, "small", None), (e_large, "large", cfg["cap_e_large"])):
+        for tool, res in R.rounds("e", ["gigq_mp", "ppe"], {"n": size}, t, cap).items():
+            m[f"e.{'ours' if tool == 'gigq_mp' else tool}.{tag}"] = res
     m["f.ours"] = R.run_timeouts(nf)
     m["g.ours"] = R.run("g", "gigq_mp", {"mb": cfg["g_mb"]})
     m["g.ppe"] = R.run("g", "ppe", {"mb": cfg["g_mb"]})
