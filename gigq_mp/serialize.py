@@ -13,7 +13,7 @@ import math
 import os
 import pickle
 import struct
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import SerializationError
 
@@ -71,6 +71,26 @@ def decode_value(text: Optional[str], blob: Optional[bytes], path: Optional[str]
     if text is None:
         return None
     return json.loads(text)
+
+
+def decode_values(stored: Sequence[StoredResult]) -> List[Any]:
+    """decode_value of each (text, blob, path), in order. The JSON texts are parsed together,
+    as one array: a json.loads call costs more than parsing a small value."""
+    if len(stored) < 2:
+        return [decode_value(*item) for item in stored]
+    values: List[Any] = [None] * len(stored)
+    texts: List[str] = []
+    at: List[int] = []
+    for i, (text, blob, path) in enumerate(stored):
+        if text is not None and blob is None and path is None:
+            texts.append(text)
+            at.append(i)
+        else:
+            values[i] = decode_value(text, blob, path)
+    if texts:
+        for i, value in zip(at, json.loads("[" + ",".join(texts) + "]")):
+            values[i] = value
+    return values
 
 
 def encode_result(value: Any, spill_path: Optional[str]) -> StoredResult:

@@ -14,7 +14,7 @@ from .model import BLOCKING, Job
 from .progress import default_progress
 from .runner import in_worker_process
 from .resume import ResumePlan, apply_resume, plan_resume
-from .serialize import decode_value
+from .serialize import decode_values
 from .pool import LocalPool
 from .supervisor import Supervisor
 from .task import TaskWrapper
@@ -198,7 +198,7 @@ class Workflow:
             raise WaitTimeout(
                 f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
             )
-        results = {}
+        completed = []
         failures = {}
         for i in ids:
             row = rows.get(i)
@@ -206,9 +206,11 @@ class Workflow:
                 name = self.job_map[i].name if i in self.job_map else i
                 failures[i] = {"name": name, "status": "missing", "error": "its row was deleted before the run ended"}
             elif row["status"] == "completed":
-                results[i] = decode_value(row["result"], row["result_blob"], row["result_path"])
+                completed.append(i)
             else:
                 failures[i] = {"name": row["name"], "status": row["status"], "error": row["error"]}
+        stored = [(rows[i]["result"], rows[i]["result_blob"], rows[i]["result_path"]) for i in completed]
+        results = dict(zip(completed, decode_values(stored)))
         self.last_statuses = {i: "completed" for i in results}
         self.last_statuses.update({i: info["status"] for i, info in failures.items()})
         if failures:
