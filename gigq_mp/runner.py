@@ -296,12 +296,14 @@ def main() -> None:
     os.chdir(init.cwd)
     threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     status = 0
-    capture = OutputCapture(init.capture_dir) if init.capture_dir else None
     try:
-        serve(conn, init.results_dir, capture, StartCounter(init.counter_path) if init.counter_path else None)
+        serve(
+            conn,
+            init.results_dir,
+            OutputCapture(init.capture_dir) if init.capture_dir else None,
+            StartCounter(init.counter_path) if init.counter_path else None,
+        )
     except BaseException:
-        if capture is not None:
-            capture.restore()
         traceback.print_exc()
         status = 1
     finally:
