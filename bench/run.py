@@ -143,10 +143,11 @@ class Runner:
                 out[tool] = next(r for r in results if r not in timed)
                 continue
             timed.sort(key=lambda r: r["seconds"])
-            peaks = [r["rss_peak_mb"] for r in timed if r.get("rss_peak_mb")]
             out[tool] = dict(timed[len(timed) // 2], runs=[round(r["seconds"], 3) for r in results])
-            if peaks:
-                out[tool]["rss_peak_mb"] = max(peaks)
+            measured = [r for r in timed if r.get("rss_peak_mb")]
+            if measured:  # the RSS figures of the run that peaked highest
+                worst = max(measured, key=lambda r: r["rss_peak_mb"])
+                out[tool].update(rss_peak_mb=worst["rss_peak_mb"], rss_before_mb=worst.get("rss_before_mb"))
         return out
 
     def run_timeouts(self, n: int) -> Dict[str, Any]:

@@ -428,8 +428,10 @@ class Store:
                 raise
             raise ValidationError(f"jobs already submitted: {', '.join(sorted(already))}") from None
         finally:
-            if bulk and not self.closed:
-                self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
+            if bulk:
+                with self._lock:
+                    if not self.closed:
+                        self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # gives the extra pages back
         if bulk:
             release_memory()
         if rows and (cursor[1] != before + len(rows) or tuple(landed) != (rows[0].id, rows[-1].id)):

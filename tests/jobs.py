@@ -318,3 +318,11 @@ def sleep_with_payload(payload, seconds):
     """Large params (payload) and a sleep: its worker process reads for a while first."""
     time.sleep(seconds)
     return len(payload)
+
+
+def silence_stdout():
+    """Point fd 1 at /dev/null and leave it there (as a job quieting a C library might)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return "silenced"

@@ -410,3 +410,14 @@ def test_a_job_whose_row_is_deleted_during_the_run_is_reported_missing(queue, db
     assert excinfo.value.failures == {
         parent.id: {"name": "parent", "status": "missing", "error": "its row was deleted before the run ended"}
     }
+
+
+def test_a_job_that_moves_fd_1_does_not_lose_the_next_jobs_output(queue):
+    """Each job's capture starts afresh: a job that points fd 1 at /dev/null (and never
+    points it back) does not silence the job after it in the same worker process."""
+    wf = Workflow("fds")
+    quiet = wf.add_job(Job("quiet", jobs.silence_stdout))
+    loud = wf.add_job(Job("loud", jobs.print_both, params={"tag": "after"}), depends_on=[quiet])
+    assert wf.run(queue, workers=1, progress=False) == {quiet.id: "silenced", loud.id: "after"}
+    execution = queue.get_status(loud.id)["executions"][-1]
+    assert "py-out-after" in execution["stdout"] and "child-out-after" in execution["stdout"], execution
