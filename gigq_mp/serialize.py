@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import struct
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import SerializationError
@@ -60,6 +61,15 @@ def encode_value(value: Any, what: str = "value") -> Encoded:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be serialized: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def encode_ids(ids: Sequence[str]) -> str:
+    """json.dumps of a list of job ids, the same text, at a fraction of its cost per call."""
+    if not ids:
+        return "[]"
+    if all(type(i) is str for i in ids):
+        return "[" + ", ".join(map(encode_basestring_ascii, ids)) + "]"
+    return json.dumps(list(ids))
 
 
 def decode_value(text: Optional[str], blob: Optional[bytes], path: Optional[str] = None) -> Any:

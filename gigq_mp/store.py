@@ -29,7 +29,7 @@ from .log import get_logger
 from .memory import release_memory
 from .model import FINAL, now_iso
 from .schema import migrate
-from .serialize import StoredResult
+from .serialize import StoredResult, encode_ids
 
 logger = get_logger(__name__)
 
@@ -404,7 +404,7 @@ class Store:
                     (
                         (
                             r.id, r.name, r.function_name, r.function_module, r.function_key, r.params,
-                            r.params_blob, r.priority, json.dumps(r.dependencies) if r.dependencies else "[]",
+                            r.params_blob, r.priority, encode_ids(r.dependencies),
                             r.max_attempts, r.timeout,
                             r.description, r.created_at, now, r.pass_parent_results, r.retry_delay,
                             r.retry_backoff, r.max_memory_mb, r.job_key, r.workflow,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gigq_mp.serialize import decode_value, decode_values, encode_result
+from gigq_mp.serialize import decode_value, decode_values, encode_ids, encode_result
+from gigq_mp.tracking import decode_id_lists, decode_ids
 
 
 @pytest.mark.timeout(30)
@@ -28,3 +29,13 @@ def test_decode_values_refuses_a_malformed_text_as_decode_value_does():
         decode_value(*stored[1])
     with pytest.raises(json.JSONDecodeError):
         decode_values(stored)
+
+
+@pytest.mark.timeout(30)
+def test_lists_of_job_ids_encode_as_json_dumps_does_and_decode_back():
+    lists = [[], ["a"], ['quote"d', "back\\slash", "é-ünïcode", "tab\there"], ["x", "y", "z"], [7, "mixed"]]
+    for ids in lists:
+        assert encode_ids(ids) == json.dumps(ids)
+    texts = [encode_ids(ids) for ids in lists[:4]] + [None, "[]"]
+    assert decode_id_lists(texts) == [decode_ids(t) for t in texts] == lists[:4] + [[], []]
+    assert decode_id_lists(texts[1:2]) == [["a"]]
