@@ -21,7 +21,7 @@ import threading
 import uuid
 import weakref
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from .capture import Output
 from .errors import GigqMpError, ValidationError
@@ -267,6 +267,13 @@ class Store:
             raise
         db.execute("RELEASE operation")
 
+    def _all_or_none(self, db: sqlite3.Connection) -> ContextManager[None]:
+        """For an operation of several statements: inside an open batch, a savepoint, so that
+        an interruption half-way (a Ctrl-C) undoes the operation and keeps the batch; alone,
+        its transaction's rollback does that already. Rare operations only: a savepoint
+        copies every page it changes to a statement journal."""
+        return self._savepoint(db) if self._depth > 1 else nullcontext()
+
     def begin_batch(self) -> None:
         """Open a write transaction that stays open across calls until commit_batch()."""
         self._lock.acquire()
@@ -386,9 +393,8 @@ class Store:
         now = now_iso()
         bulk = len(rows) > BULK_ROWS
         try:
-            # A savepoint only inside an open batch (a submission from a progress callback):
-            # alone, the transaction's rollback undoes a failed insert.
-            with self.transaction() as db, (self._savepoint(db) if self._depth > 1 else nullcontext()):
+            # In an open batch (a submission from a progress callback): undone alone if refused.
+            with self.transaction() as db, self._all_or_none(db):
                 if bulk:
                     db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
                 (before,) = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM jobs").fetchone()
@@ -646,7 +652,7 @@ class Store:
         recorded as interrupted and not counted. Returns how many were reclaimed."""
         now = now_iso()
         count = 0
-        with self.transaction() as db:
+        with self.transaction() as db, self._all_or_none(db):
             for job in jobs:
                 done = db.execute(
                     "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? "
@@ -706,7 +712,7 @@ class Store:
         """
         now = now_iso()
         rows: Dict[str, sqlite3.Row] = {}
-        with self.transaction() as db, self._savepoint(db):  # its two statements, both or none
+        with self.transaction() as db, self._all_or_none(db):  # its two statements
             for chunk in _chunks(list(jobs)):
                 marks = ",".join("?" * len(chunk))
                 for row in db.execute(
@@ -785,11 +791,15 @@ class Store:
         error: str,
         job_status: str,
         retry_after: Optional[str] = None,
-    ) -> bool:
-        """Close a failed attempt; the job goes to `job_status` (pending again or final)."""
+    ) -> Tuple[bool, List[str]]:
+        """Close a failed attempt; the job goes to `job_status` (pending again or final). A final
+        status cancels the job's pending descendants in the same step, all or none.
+
+        Returns (whether the job was still ours and changed, the descendants cancelled).
+        """
         now = now_iso()
         final = job_status in FINAL
-        with self.transaction() as db:
+        with self.transaction() as db, self._all_or_none(db):
             done = db.execute(
                 f"UPDATE jobs SET status = ?, error = ?, retry_after = ?, updated_at = ?, completed_at = ? {self._OURS}",
                 (job_status, error, retry_after, now, now if final else None, *ref.job_key),
@@ -799,12 +809,13 @@ class Store:
                 "stderr = ? WHERE id = ?",
                 (attempt_status, now, error, pid, *_stored_output(output), ref.execution_id),
             )
-        return bool(done)
+            cancelled = self._cascade(db, ref.job_id, job_status) if done and final else []
+        return bool(done), cancelled
 
     def record_interrupted(self, ref: "AttemptRef", pid: Optional[int], reason: str) -> bool:
         """A stop killed this attempt: the job is pending again and the attempt is not counted."""
         now = now_iso()
-        with self.transaction() as db:
+        with self.transaction() as db, self._all_or_none(db):
             done = db.execute(
                 f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? {self._OURS}",
                 (now, *ref.job_key),
@@ -827,7 +838,7 @@ class Store:
 
     def release_unstarted(self, ref: "AttemptRef") -> bool:
         """A claimed job never started (its worker process ended first): pending again, no attempt."""
-        with self.transaction() as db:
+        with self.transaction() as db, self._all_or_none(db):
             done = db.execute(
                 f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), updated_at = ? {self._OURS}",
                 (now_iso(), *ref.job_key),

@@ -540,7 +540,7 @@ class Supervisor:
         if attempt.number < attempt.max_attempts:
             delay = retry_delay_for(attempt, random.random())
             retry_after = (datetime.now() + timedelta(seconds=delay)).isoformat() if delay > 0 else None
-            recorded = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, "pending", retry_after)
+            recorded, _ = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, "pending", retry_after)
             self._ended(attempt, seconds)
             if recorded:
                 self.scheduler.retry(attempt.job_id, self.clock() + delay if delay > 0 else None)
@@ -548,13 +548,13 @@ class Supervisor:
                 self.scheduler.discard(attempt.job_id)
             logger.info("job %s (%s) %s on %s; retrying", attempt.name, attempt.job_id, kind, label)
             return
-        recorded = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind)
+        recorded, cancelled = self.store.record_failure(attempt.ref, attempt.pid, output, kind, error, kind)
         self._ended(attempt, seconds)
         self.scheduler.discard(attempt.job_id)
         self.open_targets.discard(attempt.job_id)
         if recorded:
             self.counts[kind] += 1
-            self.tracker.forget(self.store.cascade(attempt.job_id, kind))
+            self.tracker.forget(cancelled)
         logger.info("job %s (%s) %s on %s; giving up", attempt.name, attempt.job_id, kind, label)
 
     def _taken_away(self, attempt: Attempt, status: str) -> None:

@@ -442,7 +442,7 @@ def test_a_job_another_supervisor_ran_and_failed_waits_out_its_retry_delay_here_
 
 class FaultyConnection:
     """A sqlite3 connection whose next statement starting with `prefix` raises `error`,
-    before it runs, or (`after`) once it has run."""
+    before it runs, or (`after`) once it has run (its cursor closed, rows unread)."""
 
     def __init__(self, conn, prefix, error, after=False):
         self._conn, self.prefix, self.error, self.after, self.armed = conn, prefix, error, after, False
@@ -457,7 +457,11 @@ class FaultyConnection:
             self._check(sql)
         result = getattr(self._conn, method)(sql, *args)
         if self.after:
-            self._check(sql)
+            try:
+                self._check(sql)
+            except BaseException:
+                result.close()  # as the unwinding frame of a real interruption would drop it
+                raise
         return result
 
     def execute(self, sql, *args):
@@ -619,3 +623,33 @@ def test_a_ctrl_c_while_an_attempt_is_forgotten_keeps_its_result(queue, make_sup
     assert (status["status"], queue.get_result(done)) == ("completed", 3)
     assert [e["status"] for e in status["executions"]] == ["completed"]
     assert supervisor.counts["completed"] == 1  # once, however often its event was applied
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["UPDATE job_executions", "\nWITH RECURSIVE"], ids=["before-the-cascade", "in-it"])
+def test_a_ctrl_c_while_a_failure_is_recorded_keeps_the_job_and_its_children_consistent(
+    queue, make_supervisor, where
+):
+    # A final failure and the cancelling of its descendants are one step: a Ctrl-C half-way
+    # undoes both, and the stop that follows applies the failure again, whole; never a
+    # failed parent whose children wait forever.
+    from gigq_mp.messages import Accepted, JobFailed
+
+    parent = queue.submit(Job("parent", jobs.add, params={"a": 1, "b": 2}, max_attempts=1))
+    child = queue.submit(Job("child", jobs.sum_parents, dependencies=[parent]))
+    supervisor = make_supervisor(executor=ScriptedJobs(), grace_period=0.1)
+    real = supervisor.store._conn
+    supervisor.store._conn = faulty = FaultyConnection(real, where, KeyboardInterrupt(), after=True)
+
+    def fail(executor):
+        faulty.armed = True
+        return [JobFailed(parent, executor.sent[0].attempt, "ValueError", "boom")]
+
+    supervisor.executor.script = [lambda executor: [Accepted(parent, executor.sent[0].attempt, 1)], fail]
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.run()
+    supervisor.store._conn = real
+    statuses = (queue.get_status(parent)["status"], queue.get_status(child)["status"])
+    assert statuses == ("failed", "cancelled"), statuses
+    assert [e["status"] for e in queue.get_status(parent)["executions"]] == ["failed"]
+    assert supervisor.counts["failed"] == 1
