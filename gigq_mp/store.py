@@ -365,6 +365,10 @@ class Store:
 
     # -- submission -----------------------------------------------------------------------------
 
+    def has_keyed_jobs(self) -> bool:
+        """Is there any job a workflow could reuse (one stored with a resume key)?"""
+        return bool(self._read("SELECT 1 FROM jobs WHERE job_key IS NOT NULL LIMIT 1"))
+
     def find_keys(self, keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
         """job key -> (id, status) of the newest job with that key."""
         rows = self._read_in(

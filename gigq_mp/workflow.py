@@ -72,11 +72,21 @@ class Workflow:
         that ran before takes that job's id (a failed one is requeued) instead of
         being submitted again; `force` submits every job anew. Returns the plan.
         """
+        return self._prepare(queue, force)
+
+    def _prepare(
+        self, queue: JobQueue, force: bool = False, before_insert: Optional[Callable[[], None]] = None
+    ) -> ResumePlan:
+        """prepare(); `before_insert` is called once, as soon as it is known that new jobs will be
+        inserted (at once when nothing in the database could be reused), never if none are."""
         ids = [job.id for job in self.jobs]
         present = queue.store.existing_ids(ids)
         fresh = [job for job in self.jobs if job.id not in present]
         if not fresh:
             return ResumePlan({})
+        if before_insert is not None and (queue.store.is_temporary() or not queue.store.has_keyed_jobs()):
+            before_insert()  # nothing to reuse: every fresh job will be inserted
+            before_insert = None
         if queue.store.is_temporary():
             return ResumePlan({}, submission=queue.insert(fresh, workflow=self.name))
         plan = plan_resume(queue.store, fresh, force)
@@ -85,8 +95,11 @@ class Workflow:
         for job_id, status in plan.status.items():
             if status in BLOCKING:
                 queue.requeue_job(job_id)
+        new = [job for job in fresh if job.id not in plan.status]
+        if new and before_insert is not None:
+            before_insert()
         plan.submission = queue.insert(
-            [job for job in fresh if job.id not in plan.status],
+            new,
             workflow=self.name,
             job_keys=plan.keys,
             params=plan.params,
@@ -128,11 +141,17 @@ class Workflow:
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
         pool: Optional[LocalPool] = None
-        try:
-            # The worker processes start now, so their start-up overlaps with the submission.
+
+        def start_pool() -> None:
+            nonlocal pool
             pool = LocalPool(workers or os.cpu_count() or 1, results_dir=queue.store.results_dir())
+
+        try:
+            # With new jobs to insert, the worker processes start first, so that their start-up
+            # overlaps with the insert. Otherwise (every job ran before, say) the supervisor
+            # starts them if some job still has to run.
             with paused_gc():
-                submission = self.prepare(queue, force).submission  # the rest of the plan is stored now
+                submission = self._prepare(queue, force, start_pool).submission  # the rest of the plan is stored now
             ids = [job.id for job in self.jobs]
             seqs = submission.seqs if submission else None
             submitted = {row.id for row in submission.rows} if submission else set()

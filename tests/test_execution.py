@@ -421,3 +421,29 @@ def test_a_job_that_moves_fd_1_does_not_lose_the_next_jobs_output(queue):
     assert wf.run(queue, workers=1, progress=False) == {quiet.id: "silenced", loud.id: "after"}
     execution = queue.get_status(loud.id)["executions"][-1]
     assert "py-out-after" in execution["stdout"] and "child-out-after" in execution["stdout"], execution
+
+
+def test_running_a_finished_workflow_again_starts_no_worker_process(queue, monkeypatch):
+    from gigq_mp import pool as pool_module
+
+    started = []
+    real_init = pool_module.LocalPool.__init__
+
+    def counting_init(self, *args, **kwargs):
+        started.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(pool_module.LocalPool, "__init__", counting_init)
+
+    def build():
+        wf = Workflow("again")
+        first = wf.add_job(Job("first", jobs.add, params={"a": 1, "b": 2}))
+        wf.add_job(Job("second", jobs.sum_parents), depends_on=[first])
+        return wf
+
+    assert sorted(build().run(queue, workers=2, progress=False).values()) == [3, 3]
+    assert len(started) == 1
+    again = build()  # built anew (a script run again): its jobs are found by key and reused
+    assert sorted(again.run(queue, workers=2, progress=False).values()) == [3, 3]
+    assert again.last_run == {"total": 2, "reused": 2, "attempts": 0}
+    assert len(started) == 1  # nothing to run: no pool
