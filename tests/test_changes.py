@@ -99,16 +99,16 @@ def test_a_change_between_submission_and_the_first_sync_is_seen(monkeypatch, db_
     first = wf.add_job(Job("first", jobs.add, params={"a": 1, "b": 1}))
     doomed = wf.add_job(Job("doomed", jobs.add, params={"a": 2, "b": 2}))
     below = wf.add_job(Job("below", jobs.sum_parents), depends_on=[doomed])
-    prepare = Workflow.prepare
+    prepare = Workflow._prepare  # what Workflow.run submits with
 
-    def prepare_then_cancel(self, queue, force=False):
-        plan = prepare(self, queue, force)
+    def prepare_then_cancel(self, queue, force=False, before_insert=None):
+        plan = prepare(self, queue, force, before_insert)
         other = JobQueue(db_path)  # another connection, as another process would write
         assert other.cancel(doomed.id)
         other.close()
         return plan
 
-    monkeypatch.setattr(Workflow, "prepare", prepare_then_cancel)
+    monkeypatch.setattr(Workflow, "_prepare", prepare_then_cancel)
     with pytest.raises(WorkflowFailed) as caught:
         wf.run(queue, workers=1, progress=False)
     assert caught.value.results == {first.id: 2}
