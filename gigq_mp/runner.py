@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Set
 
 from .capture import OutputCapture
 from .messages import JobFailed, JobSucceeded, RunJob, Unstarted, WorkerInit
-from .serialize import decode_value, decode_values, encode_result, load_callable
+from .serialize import decode_value, encode_result, load_callable
 from .wire import Pipe, StartCounter
 
 FUNCTION_CACHE_SIZE = 64
@@ -92,8 +92,9 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
     inject = message.pass_parent_results
     if message.parent_results and (inject or (inject is None and wants)):
         params = dict(params)
-        values = decode_values([(text, blob, path) for _, text, blob, path in message.parent_results])
-        params["parent_results"] = {parent[0]: value for parent, value in zip(message.parent_results, values)}
+        params["parent_results"] = {
+            parent_id: decode_value(text, blob, path) for parent_id, text, blob, path in message.parent_results
+        }
     return function(**params)
 
 

@@ -80,27 +80,23 @@ def decode_value(text: Optional[str], blob: Optional[bytes], path: Optional[str]
         return pickle.loads(blob)
     if text is None:
         return None
+    return loads_json(text)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def loads_json(text: Any) -> Any:
+    """json.loads(text), four times faster for a text as json.dumps writes it (one value, no
+    whitespace around it): json.loads costs more in its wrapper than in parsing a small value."""
+    if type(text) is str:
+        try:
+            value, end = _DECODER.raw_decode(text)
+        except json.JSONDecodeError:
+            return json.loads(text)  # whitespace first, or not JSON: json.loads decides
+        if end == len(text):
+            return value
     return json.loads(text)
-
-
-def decode_values(stored: Sequence[StoredResult]) -> List[Any]:
-    """decode_value of each (text, blob, path), in order. The JSON texts are parsed together,
-    as one array: a json.loads call costs more than parsing a small value."""
-    if len(stored) < 2:
-        return [decode_value(*item) for item in stored]
-    values: List[Any] = [None] * len(stored)
-    texts: List[str] = []
-    at: List[int] = []
-    for i, (text, blob, path) in enumerate(stored):
-        if text is not None and blob is None and path is None:
-            texts.append(text)
-            at.append(i)
-        else:
-            values[i] = decode_value(text, blob, path)
-    if texts:
-        for i, value in zip(at, json.loads("[" + ",".join(texts) + "]")):
-            values[i] = value
-    return values
 
 
 def encode_result(value: Any, spill_path: Optional[str]) -> StoredResult:

@@ -12,7 +12,6 @@ ours is read first, inside the same write transaction).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import sqlite3
@@ -270,8 +269,9 @@ class Store:
     def _all_or_none(self, db: sqlite3.Connection) -> ContextManager[None]:
         """For an operation of several statements: inside an open batch, a savepoint, so that
         an interruption half-way (a Ctrl-C) undoes the operation and keeps the batch; alone,
-        its transaction's rollback does that already. Rare operations only: a savepoint
-        copies every page it changes to a statement journal."""
+        its transaction's rollback does that already. A savepoint copies every page it changes
+        to a statement journal: used for rare operations, and for claim, where it costs nothing
+        measurable; not for record_successes (15 % of a run of short jobs), made repeatable."""
         return self._savepoint(db) if self._depth > 1 else nullcontext()
 
     def begin_batch(self) -> None:

@@ -35,7 +35,7 @@ from .recovery import reclaim_from_dead, register
 from .resultcache import ResultCache
 from .scheduler import Scheduler
 from .store import AttemptRef, Store, Submission, Success, remove_file
-from .tracking import Tracker, decode_id_lists
+from .tracking import Tracker, decode_ids
 
 logger = get_logger(__name__)
 
@@ -379,9 +379,7 @@ class Supervisor:
             for job_id in job_ids:
                 if job_id not in taken:
                     self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-            parents = dict(
-                zip((row["id"] for row, _ in claimed), decode_id_lists([row["dependencies"] for row, _ in claimed]))
-            )
+            parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
             results = {}
             for deps in parents.values():
                 for parent in deps:

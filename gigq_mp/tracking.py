@@ -13,15 +13,15 @@ Jobs whose upstream failed are cascaded to `cancelled` here as well.
 from __future__ import annotations
 
 import collections
-import json
 import sys
 from datetime import datetime
-from typing import Callable, Collection, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 
 from .log import get_logger
 from .memory import paused_gc, release_memory
 from .model import BLOCKING, FINAL
 from .scheduler import OrderKey, Scheduler, order_key
+from .serialize import loads_json
 from .store import Store, Submission
 
 logger = get_logger(__name__)
@@ -33,16 +33,7 @@ RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 def decode_ids(text: Optional[str]) -> List[str]:
     """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
     is then one string however many children name it."""
-    return [] if not text or text == "[]" else [sys.intern(i) for i in json.loads(text)]
-
-
-def decode_id_lists(texts: Sequence[Optional[str]]) -> List[List[str]]:
-    """decode_ids of each, the lists parsed together as one array (a parse per call costs
-    more than parsing a short list)."""
-    if len(texts) < 2:
-        return [decode_ids(text) for text in texts]
-    lists = json.loads("[" + ",".join(text or "[]" for text in texts) + "]")
-    return [[sys.intern(i) for i in ids] if ids else [] for ids in lists]
+    return [] if not text or text == "[]" else [sys.intern(i) for i in loads_json(text)]
 
 
 # A pending job as the tracker hands it to the scheduler: id, parent ids, order, retry_after.

@@ -14,7 +14,7 @@ from .model import BLOCKING, Job
 from .progress import default_progress
 from .runner import in_worker_process
 from .resume import ResumePlan, apply_resume, plan_resume
-from .serialize import decode_values
+from .serialize import decode_value
 from .pool import LocalPool
 from .supervisor import Supervisor
 from .task import TaskWrapper
@@ -77,8 +77,9 @@ class Workflow:
     def _prepare(
         self, queue: JobQueue, force: bool = False, before_insert: Optional[Callable[[], None]] = None
     ) -> ResumePlan:
-        """prepare(); `before_insert` is called once, as soon as it is known that new jobs will be
-        inserted (at once when nothing in the database could be reused), never if none are."""
+        """prepare(); `before_insert` is called once, as soon as it is known that new jobs are to
+        be inserted (at once, before they are validated, when nothing in the database could be
+        reused), never if none are."""
         ids = [job.id for job in self.jobs]
         present = queue.store.existing_ids(ids)
         fresh = [job for job in self.jobs if job.id not in present]
@@ -217,7 +218,7 @@ class Workflow:
             raise WaitTimeout(
                 f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
             )
-        completed = []
+        results = {}
         failures = {}
         for i in ids:
             row = rows.get(i)
@@ -225,11 +226,9 @@ class Workflow:
                 name = self.job_map[i].name if i in self.job_map else i
                 failures[i] = {"name": name, "status": "missing", "error": "its row was deleted before the run ended"}
             elif row["status"] == "completed":
-                completed.append(i)
+                results[i] = decode_value(row["result"], row["result_blob"], row["result_path"])
             else:
                 failures[i] = {"name": row["name"], "status": row["status"], "error": row["error"]}
-        stored = [(rows[i]["result"], rows[i]["result_blob"], rows[i]["result_path"]) for i in completed]
-        results = dict(zip(completed, decode_values(stored)))
         self.last_statuses = {i: "completed" for i in results}
         self.last_statuses.update({i: info["status"] for i, info in failures.items()})
         if failures:

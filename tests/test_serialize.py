@@ -6,29 +6,35 @@ import json
 
 import pytest
 
-from gigq_mp.serialize import decode_value, decode_values, encode_ids, encode_result
-from gigq_mp.tracking import decode_id_lists, decode_ids
+from gigq_mp.serialize import decode_value, encode_ids, encode_result, loads_json
+from gigq_mp.tracking import decode_ids
+
+TEXTS = [
+    "1", " 1", "1 ", "\n[1, 2]\t", "NaN", "-Infinity", "1e400", "123456789012345678901234567890", '"s"',
+    '{"a": [1, 2], "b": null}', "[]", "true", b"3", b'{"x": 1}', "1, 2", "", "[1", "tru", '"open', "1 2",
+]
 
 
 @pytest.mark.timeout(30)
-def test_decode_values_gives_what_decode_value_gives_each_in_order(tmp_path):
-    values = [1, "two", None, {"three": [3.5, True]}, {1, 2}, b"\x00bytes", [], "x" * 10, bytearray(2_000_000)]
+@pytest.mark.parametrize("text", TEXTS)
+def test_loads_json_gives_what_json_loads_gives_or_the_same_error(text):
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError:
+        with pytest.raises(json.JSONDecodeError):
+            loads_json(text)
+        return
+    assert repr(loads_json(text)) == repr(expected)  # repr: NaN equals itself there
+
+
+@pytest.mark.timeout(30)
+def test_values_of_every_kind_decode_to_what_was_encoded(tmp_path):
+    values = [1, "two", None, {"three": [3.5, True]}, {1, 2}, b"\x00bytes", [], bytearray(2_000_000)]
     stored = [encode_result(v, str(tmp_path / f"{i}.pickle")) for i, v in enumerate(values)]
-    stored.append((None, None, None))  # nothing stored: None
     for kind in range(3):  # some of each: JSON text, pickle bytes, a spilled file
         assert any(s[kind] is not None for s in stored)
-    expected = [decode_value(*s) for s in stored]
-    assert decode_values(stored) == expected == values + [None]
-    assert decode_values(stored[:1]) == [1] and decode_values([]) == []
-
-
-@pytest.mark.timeout(30)
-def test_decode_values_refuses_a_malformed_text_as_decode_value_does():
-    stored = [("1", None, None), ("{not json", None, None)]
-    with pytest.raises(json.JSONDecodeError):
-        decode_value(*stored[1])
-    with pytest.raises(json.JSONDecodeError):
-        decode_values(stored)
+    assert [decode_value(*s) for s in stored] == values
+    assert decode_value(None, None, None) is None
 
 
 @pytest.mark.timeout(30)
@@ -36,6 +42,6 @@ def test_lists_of_job_ids_encode_as_json_dumps_does_and_decode_back():
     lists = [[], ["a"], ['quote"d', "back\\slash", "é-ünïcode", "tab\there"], ["x", "y", "z"], [7, "mixed"]]
     for ids in lists:
         assert encode_ids(ids) == json.dumps(ids)
-    texts = [encode_ids(ids) for ids in lists[:4]] + [None, "[]"]
-    assert decode_id_lists(texts) == [decode_ids(t) for t in texts] == lists[:4] + [[], []]
-    assert decode_id_lists(texts[1:2]) == [["a"]]
+    for ids in lists[:4]:
+        assert decode_ids(encode_ids(ids)) == ids
+    assert decode_ids(None) == [] and decode_ids(" [\"a\"] ") == ["a"]
