@@ -23,6 +23,7 @@ def test_a_failed_run_chains_the_remote_traceback_and_renders_a_table():
     assert isinstance(cause, RemoteTraceback)
     assert cause.job_name == "bad" and cause.job_id == bad.id
     assert "ValueError: no luck" in str(cause) and "Traceback (most recent call last)" in str(cause)
+    assert caught.value.failures[child.id]["status"] == "cancelled"
     table = caught.value._repr_markdown_()
     assert "| bad (" in table and "ValueError: no luck" in table and "| child (" in table
     assert '"bad: failed"' in wf.to_mermaid() and '"child: cancelled"' in wf.to_mermaid()
