@@ -6,9 +6,11 @@ The supervisor talks to an executor through a few calls: `free_slots(depth)`,
 Dask cluster) can take its place by offering the same calls and producing the
 same events: `Accepted`, `JobSucceeded`, `JobFailed`, `WorkerLost`, `Unstarted`.
 
-Each worker process is started fresh with `subprocess` (never fork, never a
-re-import of `__main__`), leads its own process group, and talks over one end
-of a socket pair. A worker may hold up to `depth` jobs: the one it runs and
+Each worker process is forked from the pool's fork server (forkserver.py), a
+clean process that imported gigq_mp's worker code and never runs a job: the
+supervisor is never forked, `__main__` never re-imported, and a pool of N pays
+for one interpreter start, not N. A worker leads its own process group and
+talks over one end of a socket pair. A worker may hold up to `depth` jobs: the one it runs and
 the ones sent ahead so it never waits for the supervisor between short jobs.
 A process runs its jobs in the order sent and may hold back replies for a
 moment to send several at once, so it never says "started": it counts the jobs
@@ -28,12 +30,12 @@ import os
 import selectors
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from .capture import collect
+from .forkserver import ForkServer
 from .log import get_logger
 from .messages import Accepted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
@@ -42,16 +44,9 @@ from .wire import Pipe, StartCounter
 
 logger = get_logger(__name__)
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# `python -c` puts the current directory first on sys.path; replace it with the directory
-# this gigq_mp came from, so a worker never imports a different copy of gigq_mp.
 MAX_FAILED_STARTS = 20
 START_POLL_SECONDS = 0.002  # how soon start counters are read after jobs are sent...
 START_POLL_MAX_SECONDS = 0.25  # ...and at the longest, while nothing changes
-
-_RUNNER_CODE = (
-    f"import sys; sys.path[0] = {_PACKAGE_PARENT!r}; from gigq_mp.runner import main; main()"
-)
 
 
 class Executor(Protocol):
@@ -69,18 +64,20 @@ class WorkerProcess:
     """One worker process: its pipe, the jobs it holds, its start counter, and a mirror
     of its function cache."""
 
-    def __init__(self, results_dir: Optional[str], capture_dir: Optional[str], counter_path: str) -> None:
+    def __init__(
+        self, server: ForkServer, results_dir: Optional[str], capture_dir: Optional[str], counter_path: str
+    ) -> None:
         self.counter = StartCounter(counter_path, create=True)
         ours, theirs = socket.socketpair()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-c", _RUNNER_CODE, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        theirs.close()
+        try:
+            self.popen = server.fork(theirs.fileno())  # OSError: the fork server is gone
+        except BaseException:
+            ours.close()
+            self.counter.close()
+            raise
+        finally:
+            theirs.close()
         self.conn = Pipe(ours.detach(), nonblocking=True)
-        self.pid = self.popen.pid
         try:
             self.conn.post(
                 WorkerInit(
@@ -89,13 +86,18 @@ class WorkerProcess:
             )
         except OSError:
             # Died at birth (killed from outside, say): its EOF reaches wait(), which replaces it.
-            logger.warning("worker process %d ended before it started", self.pid)
+            logger.warning("a worker process ended before it started")
         self.jobs: Deque[RunJob] = collections.deque()  # sent, not answered yet, in the order sent
         self.functions = FunctionCache()
         self.jobs_done = 0  # replies received
         self.accepted = 0  # jobs (counted from the first ever sent) reported started to the supervisor
         self.answered = False  # has it said it is ready (its first message)?
         self.skipping: Set[int] = set()  # attempts it was told to skip, not answered yet
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Its pid, once the fork server has said it (None: it could not be forked)."""
+        return self.popen.pid
 
     def running(self) -> Optional[int]:
         """Where in `jobs` the job this process started last stands (it runs, or it ended and
@@ -183,6 +185,7 @@ class LocalPool:
         self._wake_fds: set = set()
         self._undelivered: list = []  # events collected by a wait() that did not return
         self._poll = START_POLL_SECONDS  # between reads of the start counters; grows while idle
+        self._server: Optional[ForkServer] = None
         try:
             for _ in range(size):
                 self._add_worker()
@@ -190,9 +193,23 @@ class LocalPool:
             self.shutdown()  # the ones already started
             raise
 
+    def _fork_server(self) -> ForkServer:
+        """The fork server, started anew if it died (killed from outside, say)."""
+        if self._server is not None and not self._server.running():
+            logger.warning("the fork server is gone; starting another")
+            self._server.close()
+            self._server = None
+        if self._server is None:
+            self._server = ForkServer()
+        return self._server
+
     def _add_worker(self) -> None:
         self._spawned += 1
-        worker = WorkerProcess(self.results_dir, self.capture_dir, os.path.join(self.dir, f"{self._spawned}.started"))
+        counter_path = os.path.join(self.dir, f"{self._spawned}.started")
+        try:
+            worker = WorkerProcess(self._fork_server(), self.results_dir, self.capture_dir, counter_path)
+        except OSError:  # it died since we looked: once more, with a new one
+            worker = WorkerProcess(self._fork_server(), self.results_dir, self.capture_dir, counter_path)
         self.workers.append(worker)
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
@@ -433,5 +450,8 @@ class LocalPool:
         for worker in self.workers:
             worker.counter.close()
         self.workers.clear()
+        if self._server is not None:
+            self._server.close()  # it kills and reaps any worker still there
+            self._server = None
         self._selector.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,34 +1,34 @@
 """Killing a worker process together with everything it started, and saying how a process ended.
 
-Each worker process is our direct child and leads its own process group. We
-never reap it before its group has been killed: while it is a zombie its pid,
-and so its group id, cannot be handed to an unrelated process.
+Each worker process is a child of the pool's fork server (forkserver.py) and
+leads its own process group. It is never reaped before its group has been
+killed: while it is a zombie its pid, and so its group id, cannot be handed to
+an unrelated process. The functions here take a `ForkedProcess`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import psutil
+
+from .forkserver import UNKNOWN_EXIT
+
+if TYPE_CHECKING:
+    from .forkserver import ForkedProcess
 
 _POLL = 0.002
 
 
-def is_dead(popen: subprocess.Popen) -> bool:
+def is_dead(popen: "ForkedProcess") -> bool:
     """True once the process has exited (a zombie or reaped), without reaping it."""
-    if popen.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+    return popen.exited()
 
 
-def wait_dead(popen: subprocess.Popen, timeout: float) -> bool:
+def wait_dead(popen: "ForkedProcess", timeout: float) -> bool:
     """Wait up to `timeout` seconds for the process to exit, without reaping it."""
     deadline = time.monotonic() + timeout
     while not is_dead(popen):
@@ -38,7 +38,7 @@ def wait_dead(popen: subprocess.Popen, timeout: float) -> bool:
     return True
 
 
-def kill_tree(popen: subprocess.Popen, grace: float) -> int:
+def kill_tree(popen: "ForkedProcess", grace: float) -> int:
     """SIGTERM the worker process and its descendants, SIGKILL what is left after `grace`; reap it.
 
     Children are signalled before their parent. Returns the worker's return code.
@@ -69,11 +69,11 @@ def kill_tree(popen: subprocess.Popen, grace: float) -> int:
     return returncode
 
 
-def reap(popen: subprocess.Popen) -> int:
+def reap(popen: "ForkedProcess") -> int:
     """Once the worker is dead, kill what remains in its process group, then reap it."""
     if not wait_dead(popen, 5.0):
         _signal(popen, [], signal.SIGKILL)
-    if popen.returncode is None:
+    if popen.owned():
         _killpg(popen.pid, signal.SIGKILL)  # its zombie still reserves the group id
     return popen.wait()
 
@@ -85,13 +85,13 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _signal(popen: subprocess.Popen, procs: List[psutil.Process], sig: int) -> None:
+def _signal(popen: "ForkedProcess", procs: List[psutil.Process], sig: int) -> None:
     for proc in procs:
         try:
             proc.send_signal(sig)
         except psutil.NoSuchProcess:
             continue
-    if popen.returncode is None:
+    if popen.owned():
         _killpg(popen.pid, sig)
         try:
             os.kill(popen.pid, sig)
@@ -124,6 +124,8 @@ def tree_rss(pid: int) -> int:
 
 def describe_exit(returncode: int) -> str:
     """'killed by signal 9 (SIGKILL)' or 'exited with code 1', from a Popen returncode."""
+    if returncode == UNKNOWN_EXIT:
+        return "ended; how is unknown (the fork server that started it was gone before reaping it)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name

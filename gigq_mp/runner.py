@@ -1,7 +1,7 @@
 """The code that runs inside a worker process.
 
-The supervisor starts `python -c "...from gigq_mp.runner import main; main()" FD`
-where FD is this process's end of a socket pair. The worker process never
+The pool's fork server (forkserver.py) forks a worker process and calls `main(fd)`,
+where fd is this process's end of a socket pair. The worker process never
 imports the user's `__main__` and never touches SQLite: it receives `RunJob`
 messages, answers `JobSucceeded` or `JobFailed` for each, and exits when
 the pipe closes, when it is told to stop, or when its supervisor disappears.
@@ -57,7 +57,7 @@ class FunctionCache:
 
 
 _IN_WORKER = False  # set in worker processes, so that Workflow.run can refuse to nest
-_PID = os.getpid()  # of this worker process (main() runs in the process that imported us)
+_PID = os.getpid()  # of this worker process (set again by main(): the fork server imported us)
 
 
 def in_worker_process() -> bool:
@@ -145,11 +145,11 @@ def kill_own_descendants() -> None:
             continue
 
 
-def watch_supervisor(supervisor_pid: int) -> None:
-    """Exit, taking our descendants along, as soon as the supervisor is gone."""
+def watch_parent(parent_pid: int) -> None:
+    """Exit, taking our descendants along, as soon as our parent (the fork server) is gone."""
     while True:
         threading.Event().wait(ORPHAN_CHECK_SECONDS)
-        if os.getppid() != supervisor_pid:
+        if os.getppid() != parent_pid:
             kill_own_descendants()
             os._exit(70)
 
@@ -284,18 +284,19 @@ def receive(
     return True
 
 
-def main() -> None:
-    """Entry point of a worker process: argv[1] is the fd of our end of the pipe."""
-    global _IN_WORKER
+def main(fd: int) -> None:
+    """Entry point of a worker process (forked by the fork server): `fd` is our end of the pipe."""
+    global _IN_WORKER, _PID
     _IN_WORKER = True
+    _PID = os.getpid()
     # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    supervisor_pid = os.getppid()
-    conn = Pipe(int(sys.argv[1]))
+    parent_pid = os.getppid()  # the fork server: if it goes, so did the supervisor (or it was killed)
+    conn = Pipe(fd)
     init: WorkerInit = conn.recv()
     sys.path[:] = list(init.sys_path) + [p for p in sys.path if p not in init.sys_path]
     os.chdir(init.cwd)
-    threading.Thread(target=watch_supervisor, args=(supervisor_pid,), daemon=True).start()
+    threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     status = 0
     try:
         serve(

@@ -76,7 +76,7 @@ def test_a_worker_that_starts_a_job_it_was_told_to_skip_is_killed(pool):
     events = collect(pool, lambda evs: any(isinstance(e, Killed) for e in evs), timeout=10)
     assert [(e.job_id, e.status) for e in events if isinstance(e, Killed)] == [("started", "cancelled")]
     assert pool.workers and pool.workers != [worker]  # replaced
-    assert worker.popen.poll() is not None  # killed and reaped
+    assert worker.popen.returncode is not None  # killed and reaped
 
 
 def test_replies_taken_off_the_pipe_by_an_interrupted_kill_come_with_the_next_wait(pool, monkeypatch):
