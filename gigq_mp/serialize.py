@@ -49,12 +49,38 @@ def is_exact_json(value: Any) -> bool:
     return False
 
 
+def _exact_json_encoder() -> Optional[Callable[[Any, int], Any]]:
+    """The C encoder json.dumps builds anew on every call, built once with json.dumps's default
+    settings (building it costs twice as much as encoding a small value). No circular-reference
+    check: it only encodes what is_exact_json accepted, which walked the whole value. None where
+    there is no C encoder, or where it does not write what json.dumps writes."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(None, json.JSONEncoder().default, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+        probe = {"a": [1, -2.5e-300, None, True, "\u00e9\n\"", 10**30], "b": {}, "c": ""}
+        return encoder if "".join(encoder(probe, 0)) == json.dumps(probe) else None
+    except (TypeError, ValueError):  # another Python's signature: json.dumps it is
+        return None
+
+
+_EXACT_JSON_ENCODER = _exact_json_encoder()
+
+
+def dumps_exact(value: Any) -> str:
+    """json.dumps(value) for a value is_exact_json accepts, three times faster for a small one."""
+    if _EXACT_JSON_ENCODER is None:
+        return json.dumps(value)
+    return "".join(_EXACT_JSON_ENCODER(value, 0))
+
+
 def encode_value(value: Any, what: str = "value") -> Encoded:
     """Encode a param dict or a result; SerializationError names the type that failed."""
     if value is None or (type(value) is dict and not value):  # most jobs' params, most results: no need to walk them
         return ("null" if value is None else "{}"), None
     if is_exact_json(value):
-        return json.dumps(value), None
+        return dumps_exact(value), None
     try:
         return None, _cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gigq_mp.serialize import decode_value, encode_ids, encode_result, loads_json
+from gigq_mp import serialize
+from gigq_mp.serialize import decode_value, dumps_exact, encode_ids, encode_result, encode_value, loads_json
 from gigq_mp.tracking import decode_ids
 
 TEXTS = [
@@ -45,3 +46,20 @@ def test_lists_of_job_ids_encode_as_json_dumps_does_and_decode_back():
     for ids in lists[:4]:
         assert decode_ids(encode_ids(ids)) == ids
     assert decode_ids(None) == [] and decode_ids(" [\"a\"] ") == ["a"]
+
+
+EXACT = [
+    0, -1, 10**40, 1.5, -0.0, 1e308, 5e-324, "", "é\u2028\x00\"\\", True, False, None, [], {}, [1, [2, [3, []]]],
+    {"i": 5}, {"a": {"b": [1.0, None, "x"]}, "é": "ü", "": 0},
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("built_once", [True, False])
+def test_exact_json_values_are_written_as_json_dumps_writes_them(monkeypatch, built_once):
+    if not built_once:  # a Python without the C encoder: json.dumps itself
+        monkeypatch.setattr(serialize, "_EXACT_JSON_ENCODER", None)
+    for value in EXACT:
+        assert dumps_exact(value) == json.dumps(value)
+        assert encode_value(value) == (json.dumps(value), None)
+        assert loads_json(dumps_exact(value)) == value
