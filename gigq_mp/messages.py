@@ -3,7 +3,7 @@
     supervisor --WorkerInit, JobBatch..., None(stop)--> worker process
     supervisor <--[] (ready), [JobSucceeded | JobFailed, ...]-- worker process
 
-`Accepted`, `WorkerLost`, `Unstarted` and `Killed` never cross the pipe: the
+`Accepted`, `WorkerLost`, `Interrupted` and `Killed` never cross the pipe: the
 pool makes them from what it sent, what came back and what it did.
 """
 
@@ -22,6 +22,7 @@ class WorkerInit:
     results_dir: Optional[str]  # where large results are written (None: keep them inline)
     capture_dir: Optional[str]  # where the job's stdout and stderr are captured (None: not captured)
     counter_path: Optional[str] = None  # the file counting the jobs this process started (wire.StartCounter)
+    environ: Optional[Dict[str, str]] = None  # the supervisor's environment (the fork server's may be older)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,17 @@ class Unstarted:
 
     job_id: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """The attempt ran, but its worker process went for a reason that is not the job's (its
+    fork server died, say) before the job's reply arrived: it runs again, this attempt on
+    record as interrupted and not counted."""
+
+    job_id: str
+    attempt: int
+    error: str
 
 
 @dataclass(frozen=True)

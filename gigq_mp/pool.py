@@ -4,7 +4,8 @@ The supervisor talks to an executor through a few calls: `free_slots(depth)`,
 `dispatch(run, depth)`, `wait(timeout, wake_fds)`, `kill(job_id)` and
 `shutdown()`. `LocalPool` is the executor for one machine; another engine (a
 Dask cluster) can take its place by offering the same calls and producing the
-same events: `Accepted`, `JobSucceeded`, `JobFailed`, `WorkerLost`, `Unstarted`.
+same events: `Accepted`, `JobSucceeded`, `JobFailed`, `WorkerLost`, `Interrupted`,
+`Unstarted`.
 
 Each worker process is forked from the pool's fork server (forkserver.py), a
 clean process that imported gigq_mp's worker code and never runs a job: the
@@ -18,8 +19,10 @@ it started in a small shared file (wire.StartCounter), and the pool reports a
 job started (`Accepted`: its timeout clock starts) when the replies before it
 arrive or when the counter shows it.
 When its pipe reaches EOF the process has ended: by the counter, the job it
-ran becomes a `WorkerLost` event; the jobs it ended without their replies
-reaching us, and the ones it never started, become `Unstarted` (they run
+ran becomes a `WorkerLost` event (`Interrupted` when the process went for a
+reason not the job's: its fork server died); the jobs it ended without their
+replies reaching us become `Interrupted` (they ran: they run again, the attempt
+on record but not counted), the ones it never started `Unstarted` (they run
 again, uncounted); and a new process takes its place.
 """
 
@@ -35,9 +38,9 @@ import tempfile
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from .capture import collect
-from .forkserver import ForkServer
+from .forkserver import FORK_FAILED, UNKNOWN_EXIT, ForkedProcess, ForkServer
 from .log import get_logger
-from .messages import Accepted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
+from .messages import Accepted, Interrupted, JobBatch, Killed, RunJob, Unstarted, WorkerInit, WorkerLost
 from .proctree import describe_exit, kill_tree, reap, wait_dead
 from .runner import FunctionCache
 from .wire import Pipe, StartCounter
@@ -70,7 +73,11 @@ class WorkerProcess:
         self.counter = StartCounter(counter_path, create=True)
         ours, theirs = socket.socketpair()
         try:
-            self.popen = server.fork(theirs.fileno())  # OSError: the fork server is gone
+            self.popen = server.fork(theirs.fileno())
+        except OSError:
+            # The fork server is gone: no process, and its pipe's EOF (theirs closes below)
+            # reaches wait(), which counts it as one that died at birth and replaces it.
+            self.popen = ForkedProcess.unforked()
         except BaseException:
             ours.close()
             self.counter.close()
@@ -81,7 +88,8 @@ class WorkerProcess:
         try:
             self.conn.post(
                 WorkerInit(
-                    tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir, counter_path
+                    tuple(p or os.getcwd() for p in sys.path), os.getcwd(), results_dir, capture_dir, counter_path,
+                    dict(os.environ),
                 )
             )
         except OSError:
@@ -128,7 +136,7 @@ class WorkerProcess:
             self.conn.post(None)
             self.conn.flush(wait=1.0)
         except OSError:
-            logger.debug("worker process %d already closed its pipe", self.pid)
+            logger.debug("worker process %s already closed its pipe", self.pid)
 
     def close(self, grace: float) -> int:
         """Ask an idle worker to exit; kill its tree if it has not after `grace` seconds."""
@@ -206,10 +214,7 @@ class LocalPool:
     def _add_worker(self) -> None:
         self._spawned += 1
         counter_path = os.path.join(self.dir, f"{self._spawned}.started")
-        try:
-            worker = WorkerProcess(self._fork_server(), self.results_dir, self.capture_dir, counter_path)
-        except OSError:  # it died since we looked: once more, with a new one
-            worker = WorkerProcess(self._fork_server(), self.results_dir, self.capture_dir, counter_path)
+        worker = WorkerProcess(self._fork_server(), self.results_dir, self.capture_dir, counter_path)
         self.workers.append(worker)
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
 
@@ -246,7 +251,7 @@ class LocalPool:
                 worker.send(batch, pickled)
             except OSError:
                 # The process died; its EOF surfaces in wait() and its jobs are reported there.
-                logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
+                logger.debug("worker process %s is gone; its jobs will be reported", worker.pid)
                 continue
             self._watch_writes(worker)
         self._poll = START_POLL_SECONDS  # look soon for the starts of what was just sent
@@ -294,7 +299,7 @@ class LocalPool:
                 try:
                     worker.conn.flush()
                 except OSError:  # it ended: its EOF is read below, and its jobs reported
-                    logger.debug("worker process %d stopped reading; its end of the pipe is closed", worker.pid)
+                    logger.debug("worker process %s stopped reading; its end of the pipe is closed", worker.pid)
                     worker.conn.drop_posted()
                 self._watch_writes(worker)
             if mask & selectors.EVENT_READ:
@@ -321,7 +326,7 @@ class LocalPool:
                 head = worker.jobs[0] if worker.jobs else None
                 if head is None or (reply.job_id, reply.attempt) != (head.job_id, head.attempt):
                     logger.error(
-                        "worker process %d answered for job %s out of turn; replacing it",
+                        "worker process %s answered for job %s out of turn; replacing it",
                         worker.pid,
                         getattr(reply, "job_id", type(reply).__name__),
                     )
@@ -358,11 +363,15 @@ class LocalPool:
                     f"(the last {describe_exit(returncode)}); is the Python environment broken?"
                 )
         if not worker.jobs:
-            logger.warning("idle worker process %d %s; replacing it", worker.pid, describe_exit(returncode))
+            logger.warning("idle worker process %s %s; replacing it", worker.pid, describe_exit(returncode))
         how = f"worker process {describe_exit(returncode)}"
-        self._report_gone(
-            worker, events, worker.running(), lambda run, output: WorkerLost(run.job_id, run.attempt, how, *output)
-        )
+
+        def lost(run: RunJob, output: Tuple[str, str]) -> WorkerLost:
+            return WorkerLost(run.job_id, run.attempt, how, *output)
+
+        # Its fork server went (taking it along), or it never existed: not the job's doing.
+        blameless = returncode in (UNKNOWN_EXIT, FORK_FAILED)
+        self._report_gone(worker, events, worker.running(), None if blameless else lost)
         self._add_worker()
 
     def _report_gone(
@@ -373,13 +382,15 @@ class LocalPool:
         blame: Optional[Callable[[RunJob, Tuple[str, str]], object]],
     ) -> None:
         """A retired worker process is gone: `blame(job, output)` makes the event of the job
-        it ran (at `index`, from running()); with no blame that job runs again uncounted,
-        as do the ones it ended whose replies never came and the ones it never started."""
+        it ran (at `index`, from running()); with no blame that job is interrupted (runs
+        again, its attempt not counted), as are the ones it ended whose replies never came;
+        the ones it never started run again as if never sent."""
         output = self._output(worker)
         ended, last, waiting = worker.started_and_after(index)
         if last is not None and blame is None:
             ended, last = ended + [last], None
-        events.extend(Unstarted(run.job_id, run.attempt) for run in ended)
+        lost = f"its worker process {worker.pid} ended before the job's reply reached the supervisor"
+        events.extend(Interrupted(run.job_id, run.attempt, lost) for run in ended)
         if last is not None and blame is not None:
             events.append(blame(last, output))
         events.extend(Unstarted(run.job_id, run.attempt) for run in waiting)
@@ -387,7 +398,8 @@ class LocalPool:
 
     def kill(self, job_id: str, attempt: int, status: str, error: str) -> list:
         """Kill the process tree running this attempt and start a replacement. Returns a
-        `Killed` event for the job (with what it printed) and `Unstarted` events for the
+        `Killed` event for the job (with what it printed), `Interrupted` events for the jobs it
+        ended whose replies never came, and `Unstarted` events for the
         jobs that were sent ahead to the killed process."""
         events: list = []
         try:
@@ -424,7 +436,7 @@ class LocalPool:
                 try:
                     worker.conn.post(JobBatch((), {}, (attempt,)))
                 except OSError:
-                    logger.debug("worker process %d is gone; its jobs will be reported", worker.pid)
+                    logger.debug("worker process %s is gone; its jobs will be reported", worker.pid)
                     return
                 self._watch_writes(worker)
                 return

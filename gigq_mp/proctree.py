@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List
 
 import psutil
 
-from .forkserver import UNKNOWN_EXIT
+from .forkserver import FORK_FAILED, UNKNOWN_EXIT
 
 if TYPE_CHECKING:
     from .forkserver import ForkedProcess
@@ -125,7 +125,9 @@ def tree_rss(pid: int) -> int:
 def describe_exit(returncode: int) -> str:
     """'killed by signal 9 (SIGKILL)' or 'exited with code 1', from a Popen returncode."""
     if returncode == UNKNOWN_EXIT:
-        return "ended; how is unknown (the fork server that started it was gone before reaping it)"
+        return "ended; how is unknown (its fork server died before reaping it)"
+    if returncode == FORK_FAILED:
+        return "could not be started (the fork server could not fork it; see its stderr)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name

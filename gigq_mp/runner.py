@@ -284,16 +284,19 @@ def receive(
     return True
 
 
-def main(fd: int) -> None:
-    """Entry point of a worker process (forked by the fork server): `fd` is our end of the pipe."""
+def main(fd: int, parent_pid: int) -> None:
+    """Entry point of a worker process, forked by the fork server `parent_pid`: `fd` is our
+    end of the pipe. If the fork server goes (with the supervisor, or killed), we go too."""
     global _IN_WORKER, _PID
     _IN_WORKER = True
     _PID = os.getpid()
     # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent_pid = os.getppid()  # the fork server: if it goes, so did the supervisor (or it was killed)
     conn = Pipe(fd)
     init: WorkerInit = conn.recv()
+    if init.environ is not None and init.environ != os.environ:  # the supervisor's, as of now
+        os.environ.clear()
+        os.environ.update(init.environ)
     sys.path[:] = list(init.sys_path) + [p for p in sys.path if p not in init.sys_path]
     os.chdir(init.cwd)
     threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()

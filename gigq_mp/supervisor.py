@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .log import get_logger
-from .messages import Accepted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
+from .messages import Accepted, Interrupted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
 from .model import FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
@@ -482,10 +482,13 @@ class Supervisor:
             self._failed(attempt, "failed", event.error, (event.stdout, event.stderr))
         elif isinstance(event, Killed):
             self._failed(attempt, event.status, event.error, (event.stdout, event.stderr))
-        elif isinstance(event, Unstarted):
-            released = self.store.release_unstarted(attempt.ref)  # then forgotten: see _failed
+        elif isinstance(event, (Unstarted, Interrupted)):
+            if isinstance(event, Unstarted):
+                requeued = self.store.release_unstarted(attempt.ref)  # then forgotten: see _failed
+            else:
+                requeued = self.store.record_interrupted(attempt.ref, attempt.pid, event.error)
             del self.running[attempt.job_id]
-            if released:
+            if requeued:
                 self.scheduler.retry(attempt.job_id, None)
             else:
                 self.scheduler.discard(attempt.job_id)

@@ -326,3 +326,9 @@ def silence_stdout():
     os.dup2(devnull, 1)
     os.close(devnull)
     return "silenced"
+
+
+def write_env(name, path):
+    """Write the value of environment variable `name` (or "<unset>") to `path`."""
+    with open(path, "w") as f:
+        f.write(os.environ.get(name, "<unset>"))

@@ -11,12 +11,16 @@ import time
 import psutil
 import pytest
 
-from gigq_mp import proctree
-from gigq_mp.forkserver import UNKNOWN_EXIT, ForkedProcess
-from gigq_mp.messages import JobSucceeded, RunJob, WorkerLost
+import socket
+import subprocess
+import sys
+
+from gigq_mp import forkserver, proctree
+from gigq_mp.forkserver import FORK_FAILED, MAX_OUTSTANDING, UNKNOWN_EXIT, ForkedProcess, ForkServer
+from gigq_mp.messages import Interrupted, JobSucceeded, RunJob, WorkerLost
 from gigq_mp.pool import LocalPool
 
-from .util import wait_until
+from .util import wait_pids_gone, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,13 +110,156 @@ class _NoServer:
 
 
 def test_a_worker_that_could_not_be_forked_is_never_signalled(monkeypatch):
-    process = ForkedProcess(_NoServer())
-    process.forked(-1)  # os.fork failed in the server: no pid at all
     signalled = []
     monkeypatch.setattr(os, "kill", lambda *args: signalled.append(args))
     monkeypatch.setattr(os, "killpg", lambda *args: signalled.append(args))
-    assert process.pid is None and process.exited()
-    assert proctree.kill_tree(process, 0.0) == UNKNOWN_EXIT
-    assert proctree.reap(process) == UNKNOWN_EXIT
+    for process in (ForkedProcess(_NoServer()), ForkedProcess.unforked()):
+        process.forked(-1)  # os.fork failed in the server, or the server could not be asked
+        assert process.pid is None and process.exited()
+        assert proctree.kill_tree(process, 0.0) == FORK_FAILED
+        assert proctree.reap(process) == FORK_FAILED
     assert signalled == []
+    assert "could not be started" in proctree.describe_exit(FORK_FAILED)
     assert "unknown" in proctree.describe_exit(UNKNOWN_EXIT)
+
+
+def test_a_fork_server_killed_while_jobs_run_costs_them_no_attempt():
+    pool = LocalPool(2)
+    try:
+        pool.dispatch([run(f"busy{i}", i, "sleep_for", seconds=30) for i in range(2)], 1, {})
+        wait_until(lambda: all(w.counter.read() >= 1 for w in pool.workers), 20, "both jobs to start")
+        psutil.Process(pool._server.popen.pid).kill()
+        events = collect(pool, lambda evs: len([e for e in evs if isinstance(e, Interrupted)]) == 2)
+        assert not [e for e in events if isinstance(e, WorkerLost)]  # run again, not counted as failed
+        assert {e.job_id for e in events if isinstance(e, Interrupted)} == {"busy0", "busy1"}
+        pool.dispatch([run("after", 9, "add", a=1, b=1)], 1, {})
+        assert [e.result_text for e in succeeded(collect(pool, succeeded))] == ["2"]
+    finally:
+        pool.shutdown()
+
+
+def test_a_fork_server_killed_again_and_again_only_fails_the_starts_it_took():
+    pool = LocalPool(1)
+    try:
+        for _ in range(3):
+            (worker,) = pool.workers
+            psutil.Process(pool._server.popen.pid).kill()
+            collect(pool, lambda evs: pool.workers and pool.workers[0] is not worker)
+        pool.dispatch([run("after", 1, "add", a=2, b=2)], 1, {})
+        assert [e.result_text for e in succeeded(collect(pool, succeeded))] == ["4"]
+    finally:
+        pool.shutdown()
+
+
+def test_many_fork_requests_at_once_do_not_fill_the_control_socket():
+    server = ForkServer()
+    processes, ends = [], []
+    try:
+        for _ in range(MAX_OUTSTANDING * 3):
+            ours, theirs = socket.socketpair()
+            processes.append(server.fork(theirs.fileno()))
+            theirs.close()
+            ends.append(ours)
+        pids = [p.pid for p in processes]
+        assert len(set(pids)) == len(pids) and all(pid > 0 for pid in pids)
+        for pid in pids:
+            assert os.getpgid(pid) == pid  # it leads its own process group before its pid is known
+    finally:
+        try:
+            for end in ends:
+                end.close()  # EOF before their first message: they exit
+            for process in processes:
+                wait_until(process.exited, 10, "a worker to exit")
+                assert server.reap(process) == 70  # ended before it could serve
+        finally:
+            server.close()
+
+
+def test_an_answer_goes_to_its_own_request_after_one_was_never_sent(monkeypatch):
+    server = ForkServer()
+    real_send = socket.send_fds
+    calls = []
+
+    def interrupted_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # after the request was registered, before it left
+        return real_send(*args)
+
+    monkeypatch.setattr(forkserver.socket, "send_fds", interrupted_once)
+    ours, theirs = socket.socketpair()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.fork(theirs.fileno())
+        process = server.fork(theirs.fileno())
+        assert process.pid > 0 and psutil.Process(process.pid).ppid() == server.popen.pid
+    finally:
+        try:
+            theirs.close()
+            ours.close()
+            wait_until(process.exited, 10, "the worker to exit")
+            assert server.reap(process) == 70  # ended before it could serve
+        finally:
+            server.close()
+
+
+SUPERVISOR_KILLED_WITH_A_FORKED_CHILD = """
+import os, signal, sys, time
+from gigq_mp.pool import LocalPool
+pool = LocalPool(2)
+pids = [w.pid for w in pool.workers] + [pool._server.popen.pid]
+child = os.fork()
+if child == 0:  # a process the application forked: it holds a copy of the control socket
+    time.sleep(30)
+    os._exit(0)
+print(" ".join(map(str, pids + [child])), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_supervisor_takes_the_fork_server_and_workers_along_even_with_a_forked_child(tmp_path):
+    pid_file = tmp_path / "pids"
+    with open(pid_file, "w") as out:  # not a pipe: the forked child would hold it open
+        subprocess.run([sys.executable, "-c", SUPERVISOR_KILLED_WITH_A_FORKED_CHILD], stdout=out, timeout=30,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 4, pids
+    *ours, forked_child = pids
+    try:
+        assert wait_pids_gone(ours, timeout=5.0) == []
+    finally:
+        try:
+            psutil.Process(forked_child).kill()  # the test's own grandchild: a process it started
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_a_supervisor_with_more_than_1023_open_files_runs_jobs(tmp_path):
+    files = [open(tmp_path / "held", "a") for _ in range(1100)]
+    try:
+        pool = LocalPool(1)
+        try:
+            assert pool.workers[0].pid > 0
+            pool.dispatch([run("high-fds", 1, "add", a=3, b=4)], 1, {})
+            assert [e.result_text for e in succeeded(collect(pool, succeeded))] == ["7"]
+        finally:
+            pool.shutdown()
+    finally:
+        for f in files:
+            f.close()
+
+
+def test_workers_see_the_supervisors_environment_as_of_their_start(monkeypatch, tmp_path):
+    pool = LocalPool(1)
+    try:
+        monkeypatch.setenv("GIGQ_MP_TEST_VALUE", "set after the fork server started")
+        (worker,) = pool.workers
+        os.kill(worker.pid, signal.SIGKILL)  # its replacement is forked now
+        collect(pool, lambda evs: pool.workers and pool.workers[0] is not worker)
+        out = str(tmp_path / "env")
+        pool.dispatch([run("env", 1, "write_env", name="GIGQ_MP_TEST_VALUE", path=out)], 1, {})
+        collect(pool, succeeded)
+        with open(out) as f:
+            assert f.read() == "set after the fork server started"
+    finally:
+        pool.shutdown()

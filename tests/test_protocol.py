@@ -102,9 +102,13 @@ def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(que
     results = run_expecting_one_failure(wf, queue, hog, "timeout", within=20)
     assert [results[j.id] for j in before] == [i + 1 for i in range(QUICK)]
     assert [e["status"] for e in queue.get_status(hog.id)["executions"]] == ["timeout"]
-    # no short job was blamed (killed, then retried) for the time the hog ran
+    # no short job was blamed (killed, then retried) for the time the hog ran: one counted attempt
+    # each; one whose reply was held back when the hog's process was killed ran again, its lost
+    # run on record as interrupted
     assert {queue.get_status(j.id)["attempts"] for j in before} == {1}
-    assert {e["status"] for j in before for e in queue.get_status(j.id)["executions"]} == {"completed"}
+    for job in before:
+        statuses = [e["status"] for e in queue.get_status(job.id)["executions"]]
+        assert statuses.count("completed") == 1 and set(statuses) <= {"completed", "interrupted"}, statuses
 
 
 @pytest.mark.slow
