@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import ValidationError, WaitTimeout
 from .model import FINAL, Job, JobStatus, check_job_options, status_value
-from .serialize import Encoded, decode_value, dump_callable, encode_value
+from .serialize import Encoded, decode_value, dump_callable, dumps_exact, encode_value, is_exact_json
 from .store import JobRow, Store, Submission
 
 _HIDDEN_COLUMNS = ("params_blob", "result_blob", "result_path", "function_key", "job_key")
@@ -56,6 +56,14 @@ def _parents_first(jobs: Sequence[Job], by_id: Dict[str, Job]) -> bool:
     return True
 
 
+def encode_params(job: Job) -> Encoded:
+    """A job's params, encoded; an error names the job (its message built only then)."""
+    params = job.params or {}
+    if is_exact_json(params):
+        return dumps_exact(params), None
+    return encode_value(params, what=f"params of job {job.name!r}")
+
+
 def job_row(
     job: Job,
     functions: Dict[str, bytes],
@@ -81,7 +89,7 @@ def job_row(
         key, blob = dump_callable(job.function)
         functions[key] = blob
         keys_by_function[id(job.function)] = key
-    params_text, params_blob = params or encode_value(job.params or {}, what=f"params of job {job.name!r}")
+    params_text, params_blob = params or encode_params(job)
     if len(job.dependencies) != len(set(job.dependencies)):
         raise ValidationError(f"job {job.name!r} lists the same dependency twice")
     if job.id in job.dependencies:

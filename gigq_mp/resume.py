@@ -15,9 +15,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
-from .jobqueue import topological_order
+from .jobqueue import encode_params, topological_order
 from .model import Job
-from .serialize import Encoded, dump_callable, encode_value
+from .serialize import Encoded, dump_callable
 from .store import Submission
 
 
@@ -46,20 +46,22 @@ def job_keys(jobs: Sequence[Job], params: Optional[Dict[str, Encoded]] = None) -
     """A stable key per job; identical jobs (same callable, params and parents) are numbered.
     The encoded params of each job are left in `params`, so submitting need not encode them again."""
     params = {} if params is None else params
-    by_function: Dict[int, str] = {}
+    by_function: Dict[int, bytes] = {}
     keys: Dict[str, str] = {}
     seen: Dict[str, int] = {}
     for job in topological_order(list(jobs)):
-        if id(job.function) not in by_function:
-            by_function[id(job.function)] = callable_key(job.function)
-        text, blob = params[job.id] = encode_value(job.params or {}, what=f"params of job {job.name!r}")
-        digest = hashlib.sha256(by_function[id(job.function)].encode())
-        digest.update(text.encode() if text is not None else blob)
-        for parent in job.dependencies:
-            digest.update(b"\0" + keys.get(parent, parent).encode())  # a parent outside: its id
-        key = digest.hexdigest()[:40]
-        seen[key] = seen.get(key, 0) + 1
-        keys[job.id] = key if seen[key] == 1 else f"{key}#{seen[key]}"
+        function = by_function.get(id(job.function))
+        if function is None:
+            function = by_function[id(job.function)] = callable_key(job.function).encode()
+        text, blob = params[job.id] = encode_params(job)
+        # One hash of: the callable's key, the params, then "\0" + each parent's key (the id of
+        # a parent outside the workflow), in order.
+        data = function + (text.encode() if text is not None else blob)
+        if job.dependencies:
+            data += b"".join([b"\0" + keys.get(parent, parent).encode() for parent in job.dependencies])
+        key = hashlib.sha256(data).hexdigest()[:40]
+        count = seen[key] = seen.get(key, 0) + 1
+        keys[job.id] = key if count == 1 else f"{key}#{count}"
     return keys
 
 

@@ -63,3 +63,27 @@ def test_exact_json_values_are_written_as_json_dumps_writes_them(monkeypatch, bu
         assert dumps_exact(value) == json.dumps(value)
         assert encode_value(value) == (json.dumps(value), None)
         assert loads_json(dumps_exact(value)) == value
+
+
+@pytest.mark.timeout(30)
+def test_resume_keys_are_the_documented_hash_so_a_new_version_finds_old_rows():
+    """A workflow run again after an upgrade must find the rows of its earlier run: the key is
+    sha256(callable key, params text (or pickle), then b"\\0" + each parent's key), 40 hex digits,
+    numbered from the second identical job on."""
+    import hashlib
+
+    from gigq_mp import Job
+    from gigq_mp.resume import callable_key, job_keys
+
+    a = Job("a", json.dumps, params={"obj": 1})
+    b = Job("b", json.dumps, params={"obj": 1})  # identical to a
+    c = Job("c", json.loads, params={"s": "[]"}, dependencies=[a.id, "from-outside"])
+    keys = job_keys([a, b, c])
+
+    def expected(function, params, parents=()):
+        data = callable_key(function).encode() + params.encode() + b"".join(b"\0" + p.encode() for p in parents)
+        return hashlib.sha256(data).hexdigest()[:40]
+
+    assert keys[a.id] == expected(json.dumps, '{"obj": 1}')
+    assert keys[b.id] == keys[a.id] + "#2"
+    assert keys[c.id] == expected(json.loads, '{"s": "[]"}', [keys[a.id], "from-outside"])
