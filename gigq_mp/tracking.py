@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
 
 from .log import get_logger
-from .memory import paused_gc, release_memory
+from .memory import freeze_long_lived, paused_gc, release_memory
 from .model import BLOCKING, FINAL
 from .scheduler import OrderKey, Scheduler, order_key
 from .serialize import loads_json
@@ -147,6 +147,7 @@ class Tracker:
         self._resolve_external_parents(running)
         self._refresh_targets(running)
         release_memory()
+        freeze_long_lived()  # Workflow.run thaws it when the run ends
 
     def _rescan(self, running: Collection[str]) -> None:
         """Read every pending job: ids first, then their rows a chunk at a time, so a

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import GigqMpError, RemoteTraceback, ValidationError, WaitTimeout, WorkflowFailed
 from .jobqueue import JobQueue
-from .memory import paused_gc
+from .memory import paused_gc, thaw
 from .model import BLOCKING, Job
 from .progress import default_progress
 from .runner import in_worker_process
@@ -183,6 +183,7 @@ class Workflow:
             try:
                 supervisor.run(until=finished)
             finally:
+                thaw()  # its tracker froze what was alive once it had read the submission
                 supervisor.close()
             self.last_run["attempts"] = supervisor.finished_attempts
             with paused_gc():

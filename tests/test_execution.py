@@ -447,3 +447,20 @@ def test_running_a_finished_workflow_again_starts_no_worker_process(queue, monke
     assert sorted(again.run(queue, workers=2, progress=False).values()) == [3, 3]
     assert again.last_run == {"total": 2, "reused": 2, "attempts": 0}
     assert len(started) == 1  # nothing to run: no pool
+
+
+def test_a_run_leaves_its_submission_out_of_cyclic_gc_while_it_runs_and_thaws_it_after(queue):
+    import gc
+
+    frozen_while_running = []
+
+    def progress(counts):
+        frozen_while_running.append(gc.get_freeze_count())
+
+    wf = Workflow("frozen")
+    wf.add_job(Job("one", jobs.add, params={"a": 1, "b": 1}))
+    wf.add_job(Job("bad", jobs.os_exit, params={"code": 3}, max_attempts=1))
+    with pytest.raises(WorkflowFailed):
+        wf.run(queue, workers=1, progress=progress)
+    assert frozen_while_running and frozen_while_running[-1] > 0
+    assert gc.get_freeze_count() == 0  # thawed, a failed run included
