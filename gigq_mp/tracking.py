@@ -99,8 +99,10 @@ class Tracker:
         that someone else changed meanwhile (a cancel with kill, most often).
         """
         now = self.clock()
+        if not force and now - self._last_sync < SYNC_THROTTLE:
+            return []  # (before the version: most turns of the loop need no query)
         version = self.store.data_version()
-        if not force and (version == self._version or now - self._last_sync < SYNC_THROTTLE):
+        if not force and version == self._version:
             return []
         self._version, self._last_sync = version, now
         if self._submission is not None:
