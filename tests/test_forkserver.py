@@ -3,39 +3,25 @@ and nothing outlives the pool, whichever process dies first."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
-
-import psutil
-import pytest
-
 import socket
 import subprocess
 import sys
 
+import psutil
+import pytest
+
 from gigq_mp import forkserver, proctree
 from gigq_mp.forkserver import FORK_FAILED, MAX_OUTSTANDING, UNKNOWN_EXIT, ForkedProcess, ForkServer
-from gigq_mp.messages import Interrupted, JobSucceeded, RunJob, WorkerLost
+from gigq_mp.messages import Interrupted, JobSucceeded, WorkerLost
 from gigq_mp.pool import LocalPool
 
+from .util import collect_events as collect
+from .util import run_message as run
 from .util import wait_pids_gone, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def run(job_id, attempt, function, **params):
-    return RunJob(job_id, attempt, f"tests.jobs:{function}", "tests.jobs", function, json.dumps(params), None, (), None)
-
-
-def collect(pool, until, timeout=20.0):
-    events = []
-    deadline = time.monotonic() + timeout
-    while not until(events):
-        assert time.monotonic() < deadline, events
-        events += pool.wait(0.05)
-    return events
 
 
 def succeeded(events):

@@ -3,32 +3,19 @@ the pool against real worker processes, without a supervisor."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import pytest
 
-from gigq_mp.messages import JobSucceeded, Killed, RunJob, Unstarted
+from gigq_mp.messages import JobSucceeded, Killed, Unstarted
 from gigq_mp.pool import LocalPool
 
+from .util import collect_events as collect
+from .util import run_message as run
 from .util import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def run(job_id, attempt, function, **params):
-    return RunJob(job_id, attempt, f"tests.jobs:{function}", "tests.jobs", function, json.dumps(params), None, (), None)
-
-
-def collect(pool, until, timeout=20.0):
-    """Events from pool.wait() until `until(events)` holds."""
-    events = []
-    deadline = time.monotonic() + timeout
-    while not until(events):
-        assert time.monotonic() < deadline, events
-        events += pool.wait(0.05)
-    return events
 
 
 @pytest.fixture

@@ -229,3 +229,22 @@ def supervisor_registered(db_path, pid):
         return False
     finally:
         conn.close()
+
+
+def run_message(job_id, attempt, function, **params):
+    """A RunJob for tests.jobs.`function` with `params`, for a LocalPool driven by hand."""
+    import json
+
+    from gigq_mp.messages import RunJob
+
+    return RunJob(job_id, attempt, f"tests.jobs:{function}", "tests.jobs", function, json.dumps(params), None, (), None)
+
+
+def collect_events(pool, until, timeout=20.0):
+    """Events from pool.wait() until `until(events)` holds (AssertionError after `timeout` s)."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while not until(events):
+        assert time.monotonic() < deadline, events
+        events += pool.wait(0.05)
+    return events
