@@ -78,6 +78,7 @@ class ForkServer:
         self._poller.register(ours, select.POLLIN)
         self._number = 0
         self._waiting: Dict[int, Tuple[bytes, ForkedProcess]] = {}  # asked, not answered, oldest first
+        self._unapplied: Optional[bytes] = None  # an answer read, not yet applied
 
     def running(self) -> bool:
         """Is it alive, with its control socket open? (If not, no pid it gave is safe to signal.)"""
@@ -142,33 +143,38 @@ class ForkServer:
 
     def _answer(self) -> None:
         """Read one answer and apply it to its request; give the fork server up if it does
-        not answer in REPLY_SECONDS, or answers nonsense."""
+        not answer in REPLY_SECONDS, or answers nonsense. An answer read is kept until it is
+        applied, so an interruption (Ctrl-C) in between does not lose it: the next call
+        applies it first."""
         if self.ctl is None:
             return
-        if not self._poller.poll(REPLY_SECONDS * 1000):
-            logger.error("the fork server did not answer in %g s; stopping it", REPLY_SECONDS)
-            return self._gone()
-        try:
-            data = self.ctl.recv(_MESSAGE.size)
-        except OSError:
-            data = b""
-        if len(data) != _MESSAGE.size:
+        if self._unapplied is None:
+            if not self._poller.poll(REPLY_SECONDS * 1000):
+                logger.error("the fork server did not answer in %g s; stopping it", REPLY_SECONDS)
+                return self._gone()
+            try:
+                self._unapplied = self.ctl.recv(_MESSAGE.size)
+            except OSError:
+                self._unapplied = b""
+        if len(self._unapplied) != _MESSAGE.size:
             return self._gone()  # it closed its end: it died
-        kind, number, _, value = _MESSAGE.unpack(data)
-        asked = self._waiting.pop(number, None)
+        kind, number, _, value = _MESSAGE.unpack(self._unapplied)
+        asked = self._waiting.get(number)
         if asked is None or asked[0] != kind:
             logger.error("the fork server answered request %d, which was not asked; stopping it", number)
             return self._gone()
-        for older in [n for n in self._waiting if n < number]:
-            # Registered, never sent (an interruption in between): no answer will come.
-            lost_kind, lost = self._waiting.pop(older)
-            if lost_kind == b"F":
-                lost.forked(-1)
         process = asked[1]
         if kind == b"F":
             process.forked(value)
         elif value != NOT_YET:
             process.returncode = value
+        del self._waiting[number]  # applied (doing it again would change nothing)
+        self._unapplied = None
+        for older in [n for n in self._waiting if n < number]:
+            # Registered, never sent (an interruption in between): no answer will come.
+            lost_kind, lost = self._waiting.pop(older)
+            if lost_kind == b"F":
+                lost.forked(-1)
 
     def _gone(self) -> None:
         """It died (or will not answer): what it was asked stays unanswered for good."""
@@ -253,6 +259,9 @@ def main() -> None:
     supervisor's pid."""
     importlib.import_module(".runner", __package__)  # imported once here: no forked worker pays for it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the supervisor
+    # An ignored SIGCHLD (inherited from the application) would have the kernel reap workers
+    # at once: their pids would not stay reserved, and waitpid would fail.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     ctl = socket.socket(fileno=int(sys.argv[1]))
     supervisor = int(sys.argv[2])
     children: Set[int] = set()
@@ -267,7 +276,10 @@ def main() -> None:
                 except (ProcessLookupError, PermissionError):
                     continue
         for pid in children:
-            os.waitpid(pid, 0)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                continue  # reaped already (by nobody we know of): nothing to wait for
         os._exit(0)
 
 
@@ -300,10 +312,14 @@ def serve(ctl: socket.socket, children: Set[int], supervisor: int) -> None:
         for fd in fds:
             os.close(fd)
         if kind == b"R" and pid in children:
-            done, status = os.waitpid(pid, os.WNOHANG)  # never blocks: the pool asks again
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)  # never blocks: the pool asks again
+                code = os.waitstatus_to_exitcode(status) if done else NOT_YET
+            except ChildProcessError:
+                done, code = pid, UNKNOWN_EXIT
             if done:
                 children.discard(pid)
-            ctl.send(_MESSAGE.pack(b"R", number, pid, os.waitstatus_to_exitcode(status) if done else NOT_YET))
+            ctl.send(_MESSAGE.pack(b"R", number, pid, code))
         else:
             ctl.send(_MESSAGE.pack(kind, number, pid, UNKNOWN_EXIT))  # not ours: say so
 

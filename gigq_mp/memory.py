@@ -27,15 +27,21 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-def freeze_long_lived() -> None:
+def freeze_long_lived() -> bool:
     """Leave every object alive now out of cyclic garbage collection until thaw(): the
     tracking state of a 100,000-job run, built once and freed by reference counting, would
-    otherwise be walked again by every full collection of the run."""
+    otherwise be walked again by every full collection of the run. Does nothing when the
+    application froze objects itself (gc.freeze before forking, say): thawing would undo
+    that. True when it froze."""
+    if gc.get_freeze_count():
+        return False
     gc.freeze()
+    return True
 
 
 def thaw() -> None:
-    """Undo freeze_long_lived(): frozen objects are collected as usual again."""
+    """Undo freeze_long_lived() (only call it when that froze): frozen objects are collected
+    as usual again."""
     gc.unfreeze()
 
 

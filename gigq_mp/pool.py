@@ -48,6 +48,7 @@ from .wire import Pipe, StartCounter
 logger = get_logger(__name__)
 
 MAX_FAILED_STARTS = 20
+MAX_SPARED = 2  # runs of one job lost with their fork server that cost it no attempt; then they do
 START_POLL_SECONDS = 0.002  # how soon start counters are read after jobs are sent...
 START_POLL_MAX_SECONDS = 0.25  # ...and at the longest, while nothing changes
 
@@ -194,6 +195,7 @@ class LocalPool:
         self._undelivered: list = []  # events collected by a wait() that did not return
         self._poll = START_POLL_SECONDS  # between reads of the start counters; grows while idle
         self._server: Optional[ForkServer] = None
+        self._spared: Dict[str, int] = {}  # job id -> runs lost with their fork server, not counted
         try:
             for _ in range(size):
                 self._add_worker()
@@ -369,9 +371,15 @@ class LocalPool:
         def lost(run: RunJob, output: Tuple[str, str]) -> WorkerLost:
             return WorkerLost(run.job_id, run.attempt, how, *output)
 
-        # Its fork server went (taking it along), or it never existed: not the job's doing.
+        # Its fork server went (taking it along), or it never existed: not the job's doing,
+        # unless the same job keeps running each time that happens (it may kill the server).
+        index = worker.running()
         blameless = returncode in (UNKNOWN_EXIT, FORK_FAILED)
-        self._report_gone(worker, events, worker.running(), None if blameless else lost)
+        if blameless and index is not None:
+            job_id = worker.jobs[index].job_id
+            self._spared[job_id] = self._spared.get(job_id, 0) + 1
+            blameless = self._spared[job_id] <= MAX_SPARED
+        self._report_gone(worker, events, index, None if blameless else lost)
         self._add_worker()
 
     def _report_gone(

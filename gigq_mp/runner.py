@@ -284,6 +284,22 @@ def receive(
     return True
 
 
+def adopt_environment(environ: Dict[str, str]) -> None:
+    """Make os.environ what the supervisor's is now (the fork server's may be older). Names
+    the C library refuses (an entry with no name, say) are left as they are."""
+    for name in [name for name in os.environ if name not in environ]:
+        try:
+            del os.environ[name]
+        except (OSError, ValueError):
+            continue
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            try:
+                os.environ[name] = value
+            except (OSError, ValueError):
+                continue
+
+
 def main(fd: int, parent_pid: int) -> None:
     """Entry point of a worker process, forked by the fork server `parent_pid`: `fd` is our
     end of the pipe. If the fork server goes (with the supervisor, or killed), we go too."""
@@ -293,10 +309,12 @@ def main(fd: int, parent_pid: int) -> None:
     # Ctrl-C belongs to the supervisor: it decides when and how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Pipe(fd)
-    init: WorkerInit = conn.recv()
-    if init.environ is not None and init.environ != os.environ:  # the supervisor's, as of now
-        os.environ.clear()
-        os.environ.update(init.environ)
+    try:
+        init: WorkerInit = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # the pool dropped us before it said anything (it stopped): nothing to do
+    if init.environ is not None:
+        adopt_environment(init.environ)
     sys.path[:] = list(init.sys_path) + [p for p in sys.path if p not in init.sys_path]
     os.chdir(init.cwd)
     threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()

@@ -90,6 +90,7 @@ class Tracker:
         # supervisor of the whole database must read every pending job anyway).
         self._submission = submission if scope is not None else None
         self.on_rescan = on_rescan  # called before each full rescan: rows may have been deleted
+        self.froze_gc = False  # set when its start from a submission left objects out of cyclic GC
 
     def sync(self, running: Collection[str], force: bool = False) -> List[Tuple[str, str]]:
         """Catch up with what other processes wrote: read the change log past our cursor,
@@ -100,11 +101,12 @@ class Tracker:
         """
         now = self.clock()
         if not force and now - self._last_sync < SYNC_THROTTLE:
-            return []  # (before the version: most turns of the loop need no query)
+            return []  # looked less than SYNC_THROTTLE ago: most turns of the loop make no query
         version = self.store.data_version()
+        self._last_sync = now
         if not force and version == self._version:
             return []
-        self._version, self._last_sync = version, now
+        self._version = version
         if self._submission is not None:
             with paused_gc():
                 self._start_from_submission(running)
@@ -149,7 +151,7 @@ class Tracker:
         self._resolve_external_parents(running)
         self._refresh_targets(running)
         release_memory()
-        freeze_long_lived()  # Workflow.run thaws it when the run ends
+        self.froze_gc = freeze_long_lived()  # Workflow.run thaws it when the run ends
 
     def _rescan(self, running: Collection[str]) -> None:
         """Read every pending job: ids first, then their rows a chunk at a time, so a

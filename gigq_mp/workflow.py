@@ -183,7 +183,8 @@ class Workflow:
             try:
                 supervisor.run(until=finished)
             finally:
-                thaw()  # its tracker froze what was alive once it had read the submission
+                if supervisor.tracker.froze_gc:  # what was alive once it had read the submission
+                    thaw()
                 supervisor.close()
             self.last_run["attempts"] = supervisor.finished_attempts
             with paused_gc():

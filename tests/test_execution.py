@@ -464,3 +464,17 @@ def test_a_run_leaves_its_submission_out_of_cyclic_gc_while_it_runs_and_thaws_it
         wf.run(queue, workers=1, progress=progress)
     assert frozen_while_running and frozen_while_running[-1] > 0
     assert gc.get_freeze_count() == 0  # thawed, a failed run included
+
+
+def test_a_run_leaves_objects_the_application_froze_frozen(queue):
+    import gc
+
+    gc.freeze()  # as an application that forks would, to spare copy-on-write
+    try:
+        frozen = gc.get_freeze_count()
+        wf = Workflow("app froze first")
+        wf.add_job(Job("one", jobs.add, params={"a": 1, "b": 1}))
+        wf.run(queue, workers=1, progress=False)
+        assert gc.get_freeze_count() >= frozen  # not thawed by the run
+    finally:
+        gc.unfreeze()
