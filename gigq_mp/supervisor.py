@@ -379,7 +379,7 @@ class Supervisor:
             for job_id in job_ids:
                 if job_id not in taken:
                     self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-            parents = {row["id"]: decode_ids(row["dependencies"]) for row, _ in claimed}
+            parents = {row["id"]: decode_ids(row["dependencies"], keep=False) for row, _ in claimed}
             results = {}
             for deps in parents.values():
                 for parent in deps:

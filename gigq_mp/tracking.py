@@ -30,10 +30,12 @@ SYNC_THROTTLE = 0.2  # seconds between reloads caused by other processes' writes
 RESCAN_CHUNK = 5_000  # pending rows read at a time by a full rescan
 
 
-def decode_ids(text: Optional[str]) -> List[str]:
-    """A JSON list of job ids (most jobs have none: skip the parser), interned: a parent's id
-    is then one string however many children name it."""
-    return [] if not text or text == "[]" else [sys.intern(i) for i in loads_json(text)]
+def decode_ids(text: Optional[str], keep: bool = True) -> List[str]:
+    """A JSON list of job ids (most jobs have none: skip the parser). Ids to `keep` are
+    interned: a parent's id is then one string however many children name it."""
+    if not text or text == "[]":
+        return []
+    return [sys.intern(i) for i in loads_json(text)] if keep else loads_json(text)
 
 
 # A pending job as the tracker hands it to the scheduler: id, parent ids, order, retry_after.
