@@ -28,6 +28,17 @@ def succeeded(events):
     return [e for e in events if isinstance(e, JobSucceeded)]
 
 
+def sigkill_while_running(pool):
+    """SIGKILL the pool's one worker process while it runs a job; the WorkerLost event."""
+    (worker,) = pool.workers
+    pool.dispatch([run("doomed", 1, "sleep_for", seconds=30)], 1, {})
+    wait_until(lambda: worker.counter.read() >= 1, 20, "the job to start")
+    os.kill(worker.pid, signal.SIGKILL)
+    events = collect(pool, lambda evs: any(isinstance(e, WorkerLost) for e in evs))
+    (lost,) = [e for e in events if isinstance(e, WorkerLost)]
+    return lost
+
+
 def test_a_pool_forks_its_workers_from_one_server_and_leaves_nothing_behind():
     pool = LocalPool(3)
     try:
@@ -71,11 +82,7 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such_through_the_server():
     pool = LocalPool(1)
     try:
         (worker,) = pool.workers
-        pool.dispatch([run("doomed", 1, "sleep_for", seconds=30)], 1, {})
-        wait_until(lambda: worker.counter.read() >= 1, 20, "the job to start")
-        os.kill(worker.pid, signal.SIGKILL)
-        events = collect(pool, lambda evs: any(isinstance(e, WorkerLost) for e in evs))
-        (lost,) = [e for e in events if isinstance(e, WorkerLost)]
+        lost = sigkill_while_running(pool)
         assert "killed by signal 9 (SIGKILL)" in lost.error
         assert worker.popen.returncode == -signal.SIGKILL
     finally:
@@ -273,12 +280,7 @@ def test_an_application_that_ignores_sigchld_still_gets_exit_statuses():
     finally:
         signal.signal(signal.SIGCHLD, previous)
     try:
-        (worker,) = pool.workers
-        pool.dispatch([run("doomed", 1, "sleep_for", seconds=30)], 1, {})
-        wait_until(lambda: worker.counter.read() >= 1, 20, "the job to start")
-        os.kill(worker.pid, signal.SIGKILL)
-        events = collect(pool, lambda evs: any(isinstance(e, WorkerLost) for e in evs))
-        assert "killed by signal 9 (SIGKILL)" in [e for e in events if isinstance(e, WorkerLost)][0].error
+        assert "killed by signal 9 (SIGKILL)" in sigkill_while_running(pool).error
         pool.dispatch([run("after", 2, "add", a=1, b=2)], 1, {})
         assert [e.result_text for e in succeeded(collect(pool, succeeded))] == ["3"]
     finally:
