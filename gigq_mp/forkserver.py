@@ -96,9 +96,10 @@ class ForkServer:
         """Reap a worker that exited (or was sent SIGKILL); its return code as Popen gives it.
         Waits while it has not exited, as Popen.wait() would."""
         while process.returncode is None:
-            pid = process.pid
+            pid = process.pid  # may settle returncode itself (it was never forked)
             if pid is None or not self.running():
-                process.returncode = UNKNOWN_EXIT if process.returncode is None else process.returncode
+                if process.returncode is None:
+                    process.returncode = UNKNOWN_EXIT
                 break
             try:
                 number = self._ask(b"R", pid, process)

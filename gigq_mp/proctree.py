@@ -23,15 +23,10 @@ if TYPE_CHECKING:
 _POLL = 0.002
 
 
-def is_dead(popen: "ForkedProcess") -> bool:
-    """True once the process has exited (a zombie or reaped), without reaping it."""
-    return popen.exited()
-
-
 def wait_dead(popen: "ForkedProcess", timeout: float) -> bool:
     """Wait up to `timeout` seconds for the process to exit, without reaping it."""
     deadline = time.monotonic() + timeout
-    while not is_dead(popen):
+    while not popen.exited():
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL)
@@ -44,7 +39,7 @@ def kill_tree(popen: "ForkedProcess", grace: float) -> int:
     Children are signalled before their parent. Returns the worker's return code.
     """
     descendants: List[psutil.Process] = []
-    if not is_dead(popen):
+    if not popen.exited():
         try:
             descendants = psutil.Process(popen.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -55,10 +50,10 @@ def kill_tree(popen: "ForkedProcess", grace: float) -> int:
     alive = descendants
     while True:
         alive = [p for p in alive if _running(p)]
-        if (not alive and is_dead(popen)) or time.monotonic() >= deadline:
+        if (not alive and popen.exited()) or time.monotonic() >= deadline:
             break
         time.sleep(_POLL)
-    if alive or not is_dead(popen):
+    if alive or not popen.exited():
         _signal(popen, alive, signal.SIGKILL)
     returncode = reap(popen)
     # A descendant that got SIGKILL dies at once; wait (briefly) only for that, not for
