@@ -34,7 +34,7 @@ from .proctree import tree_rss
 from .recovery import reclaim_from_dead, register
 from .resultcache import ResultCache
 from .scheduler import Scheduler
-from .store import AttemptRef, Store, Submission, Success, remove_file
+from .store import AttemptRef, Claimed, Store, Submission, Success, remove_file
 from .tracking import Tracker, decode_ids
 
 logger = get_logger(__name__)
@@ -375,11 +375,11 @@ class Supervisor:
             return False
         claimed = self.store.claim([(j, self.scheduler.sequence(j)) for j in job_ids], self.worker_id)
         try:
-            taken = {row["id"] for row, _ in claimed}
+            taken = {row.id for row, _ in claimed}
             for job_id in job_ids:
                 if job_id not in taken:
                     self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
-            parents = {row["id"]: decode_ids(row["dependencies"], keep=False) for row, _ in claimed}
+            parents = {row.id: decode_ids(row.dependencies, keep=False) for row, _ in claimed}
             results = {}
             for deps in parents.values():
                 for parent in deps:
@@ -387,45 +387,45 @@ class Supervisor:
                     if kept is not None:
                         results[parent] = kept
             results.update(self.store.results([p for deps in parents.values() for p in deps if p not in results]))
-            self._buffer.extend(self._prepare(row, ref, parents[row["id"]], results) for row, ref in claimed)
+            self._buffer.extend(self._prepare(row, ref, parents[row.id], results) for row, ref in claimed)
         except BaseException:
             for row, ref in claimed:  # claimed, never ours in memory (a Ctrl-C): back to pending
-                if row["id"] not in self.running:
+                if row.id not in self.running:
                     self.store.release_unstarted(ref)
             raise
         return bool(claimed)
 
-    def _prepare(self, row, ref: AttemptRef, parents: List[str], results: dict) -> RunJob:
+    def _prepare(self, row: Claimed, ref: AttemptRef, parents: List[str], results: dict) -> RunJob:
         """The attempt of a job just claimed, and the message that runs it. (Arguments by
         position: this runs once per job, and keywords cost a third of it.)"""
         job_id = ref.job_id
-        key = row["function_key"] or f"{row['function_module']}:{row['function_name']}"
+        key = row.function_key or f"{row.function_module}:{row.function_name}"
         if key not in self._functions:
-            self._functions[key] = self.store.function_blob(key) if row["function_key"] else None
+            self._functions[key] = self.store.function_blob(key) if row.function_key else None
         self._claims += 1
         claim = self._claims
         self.running[job_id] = Attempt(
             job_id,  # job_id
-            row["name"],  # name
+            row.name,  # name
             ref,  # ref
-            row["attempts"],  # number
-            row["max_attempts"],  # max_attempts
-            float(row["timeout"]),  # timeout
-            float(row["retry_delay"] or 0),  # retry_delay
-            bool(row["retry_backoff"]),  # retry_backoff
-            row["max_memory_mb"] or self.max_memory_mb,  # max_memory_mb
+            row.attempts,  # number
+            row.max_attempts,  # max_attempts
+            float(row.timeout),  # timeout
+            float(row.retry_delay or 0),  # retry_delay
+            bool(row.retry_backoff),  # retry_backoff
+            row.max_memory_mb or self.max_memory_mb,  # max_memory_mb
             claim=claim,
         )
-        inject = row["pass_parent_results"]
+        inject = row.pass_parent_results
         no_result = (None, None, None)
         return RunJob(
             job_id,  # job_id
             claim,  # attempt
             key,  # function_key
-            row["function_module"],  # function_module
-            row["function_name"],  # function_name
-            row["params"],  # params_text
-            row["params_blob"],  # params_blob
+            row.function_module,  # function_module
+            row.function_name,  # function_name
+            row.params,  # params_text
+            row.params_blob,  # params_blob
             tuple([(p, *results.get(p, no_result)) for p in parents]) if parents else (),  # parent_results
             None if inject is None else bool(inject),  # pass_parent_results
         )
