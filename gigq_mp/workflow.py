@@ -215,11 +215,13 @@ class Workflow:
         self, queue: JobQueue, ids: List[str], timeout: Optional[float], seqs: Optional[range] = None
     ) -> Dict[str, Any]:
         rows = queue.store.outcomes(ids, seqs)
-        unfinished = [i for i, row in rows.items() if row["status"] in ("pending", "running")]
+        unfinished = [i for i, row in rows.items() if row.status in ("pending", "running")]
         if unfinished:
             raise WaitTimeout(
                 f"workflow {self.name!r}: {len(unfinished)} of {len(ids)} jobs unfinished after {timeout} s"
             )
+        # The few jobs that did not complete: their name and error too.
+        details = queue.store.statuses([i for i, row in rows.items() if row.status != "completed"])
         results = {}
         failures = {}
         for i in ids:
@@ -227,10 +229,12 @@ class Workflow:
             if row is None:  # deleted while the workflow ran (clear_completed from elsewhere)
                 name = self.job_map[i].name if i in self.job_map else i
                 failures[i] = {"name": name, "status": "missing", "error": "its row was deleted before the run ended"}
-            elif row["status"] == "completed":
-                results[i] = decode_value(row["result"], row["result_blob"], row["result_path"])
+            elif row.status == "completed":
+                results[i] = decode_value(row.result, row.result_blob, row.result_path)
             else:
-                failures[i] = {"name": row["name"], "status": row["status"], "error": row["error"]}
+                detail = details.get(i)  # None: deleted since
+                name, error = (detail["name"], detail["error"]) if detail is not None else (i, None)
+                failures[i] = {"name": name, "status": row.status, "error": error}
         self.last_statuses = {i: "completed" for i in results}
         self.last_statuses.update({i: info["status"] for i, info in failures.items()})
         if failures:

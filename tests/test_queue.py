@@ -311,7 +311,7 @@ def test_a_submission_says_where_its_jobs_landed_and_their_outcomes_are_read_fro
     wanted = [batch[0].id, batch[1].id, batch[2].id, before]
     rows = queue.store.outcomes(wanted, submission.seqs)
     assert sorted(rows) == sorted([batch[0].id, batch[2].id, before])  # the deleted one is missing
-    assert {row["status"] for row in rows.values()} == {"pending"}
+    assert {row.status for row in rows.values()} == {"pending"}
     assert queue.insert([]).rows == []
 
 
