@@ -18,6 +18,7 @@ from typing import Dict, KeysView, List, Optional, Sequence, Set, Tuple
 OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
 WAITING, READY, DELAYED, RUNNING = "waiting", "ready", "delayed", "running"
+DROPPED = "dropped"  # no longer tracked (a record other structures may still hold)
 
 
 def order_key(priority: int, created_at: str, sequence: int) -> OrderKey:
@@ -29,90 +30,99 @@ def order_key(priority: int, created_at: str, sequence: int) -> OrderKey:
     return (-int(priority or 0), created, sequence)
 
 
+class _Tracked:
+    """One tracked job. Children waiting for a parent are listed by record, so a completed
+    parent reaches them without looking them up; a record discarded (or replaced by a new
+    add) leaves its state DROPPED, and lists that still hold it skip it."""
+
+    __slots__ = ("job_id", "state", "key", "waiting", "entry")
+
+    def __init__(self, job_id: str, state: str, key: OrderKey, waiting: int) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.key = key
+        self.waiting = waiting  # parents not yet completed (while WAITING)
+        self.entry: Optional[tuple] = None  # its live entry in the ready or delayed heap
+
+
 class Scheduler:
     """The jobs one supervisor tracks, and which of them are ready."""
 
     def __init__(self) -> None:
-        self._state: Dict[str, str] = {}
-        self._key: Dict[str, OrderKey] = {}
-        # job -> [parents not yet completed, token of this add()]; a parent's list holds
-        # (child, token) so entries left by a discarded-then-re-added child are ignored.
-        self._unfinished: Dict[str, List[int]] = {}
-        self._children: Dict[str, List[Tuple[str, int]]] = {}
-        self._tokens = 0
+        self._jobs: Dict[str, _Tracked] = {}
+        self._children: Dict[str, List[_Tracked]] = {}  # parent id -> jobs that waited for it when added
         # (-priority, created, sequence, job id): flat, because a heap of (key, id) pairs
         # compares nested tuples, twice the cost per pop (a heap of 50,000 ready jobs).
+        # Entries of jobs that left the state since stay behind and are skipped.
         self._ready: List[Tuple[int, float, int, str]] = []
         self._delayed: List[Tuple[float, OrderKey, str]] = []
-        self._eligible_at: Dict[str, float] = {}
         self._n_ready = 0
 
     def __contains__(self, job_id: str) -> bool:
-        return job_id in self._state
+        return job_id in self._jobs
 
     def __len__(self) -> int:
-        return len(self._state)
+        return len(self._jobs)
 
     def state(self, job_id: str) -> Optional[str]:
-        return self._state.get(job_id)
+        job = self._jobs.get(job_id)
+        return None if job is None else job.state
 
     def pending_ids(self) -> Set[str]:
         """Tracked jobs that are not running here."""
-        return {job_id for job_id, state in self._state.items() if state != RUNNING}
+        return {job_id for job_id, job in self._jobs.items() if job.state != RUNNING}
 
     def tracked_ids(self) -> KeysView[str]:
         """Every tracked job (a live view)."""
-        return self._state.keys()
+        return self._jobs.keys()
 
     def add(
         self, job_id: str, key: OrderKey, unfinished_parents: Sequence[str], eligible_at: Optional[float] = None
     ) -> None:
         """Track a pending job; it becomes ready once every listed parent has completed."""
-        self._key[job_id] = key
+        if job_id in self._jobs:
+            self.discard(job_id)  # tracked anew: what its old record waited for no longer counts
         if not unfinished_parents:
-            self._release(job_id, eligible_at)
+            job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, 0)
+            self._release(job, eligible_at)
             return
         parents = set(unfinished_parents) if len(unfinished_parents) > 1 else unfinished_parents
-        self._tokens += 1
-        self._state[job_id] = WAITING
-        self._unfinished[job_id] = [len(parents), self._tokens]
-        entry = (job_id, self._tokens)
+        job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, len(parents))
         children = self._children
         for parent in parents:
             waiting = children.get(parent)
             if waiting is None:
-                children[parent] = [entry]
+                children[parent] = [job]
             else:
-                waiting.append(entry)
+                waiting.append(job)
 
-    def _release(self, job_id: str, eligible_at: Optional[float]) -> None:
+    def _release(self, job: _Tracked, eligible_at: Optional[float]) -> None:
         if eligible_at is None:
-            self._state[job_id] = READY
+            job.state = READY
             self._n_ready += 1
-            heapq.heappush(self._ready, (*self._key[job_id], job_id))
+            job.entry = (*job.key, job.job_id)
+            heapq.heappush(self._ready, job.entry)
         else:
-            self._state[job_id] = DELAYED
-            self._eligible_at[job_id] = eligible_at
-            heapq.heappush(self._delayed, (eligible_at, self._key[job_id], job_id))
+            job.state = DELAYED
+            job.entry = (eligible_at, job.key, job.job_id)
+            heapq.heappush(self._delayed, job.entry)
 
     def parent_completed(self, parent_id: str) -> int:
         """A parent completed: its tracked children may become ready. Returns how many
         tracked children were waiting for it."""
         waited = 0
-        for child, token in self._children.pop(parent_id, ()):
-            waiting = self._unfinished.get(child)
-            if waiting is None or waiting[1] != token or self._state.get(child) != WAITING:
+        for child in self._children.pop(parent_id, ()):
+            if child.state is not WAITING:  # discarded, or tracked anew, since
                 continue
             waited += 1
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                del self._unfinished[child]
+            child.waiting -= 1
+            if child.waiting == 0:
                 self._release(child, None)
         return waited
 
     def sequence(self, job_id: str) -> int:
         """The tracked job's submission sequence (its rowid in the store)."""
-        return self._key[job_id][2]
+        return self._jobs[job_id].key[2]
 
     def is_awaited(self, job_id: str) -> bool:
         """True when some tracked job waits for `job_id` to complete."""
@@ -120,23 +130,25 @@ class Scheduler:
 
     def external_parents(self) -> Set[str]:
         """Parents that waiting jobs (may) wait on but this scheduler does not track."""
-        return {parent for parent in self._children if parent not in self._state}
+        return {parent for parent in self._children if parent not in self._jobs}
 
     def pop_ready(self, now: float, limit: int) -> List[str]:
         """Up to `limit` ready jobs in priority order; they are marked running."""
+        jobs = self._jobs
         while self._delayed and self._delayed[0][0] <= now:
-            eligible_at, key, job_id = heapq.heappop(self._delayed)
-            if self._state.get(job_id) == DELAYED and self._eligible_at.get(job_id) == eligible_at:
-                del self._eligible_at[job_id]
-                self._release(job_id, None)
+            entry = heapq.heappop(self._delayed)
+            job = jobs.get(entry[2])
+            if job is not None and job.entry is entry:
+                self._release(job, None)
         taken: List[str] = []
         while self._ready and len(taken) < limit:
             entry = heapq.heappop(self._ready)
-            job_id = entry[3]
-            if self._state.get(job_id) == READY and self._key.get(job_id) == entry[:3]:
-                self._state[job_id] = RUNNING
+            job = jobs.get(entry[3])
+            if job is not None and job.entry is entry:
+                job.state = RUNNING
+                job.entry = None
                 self._n_ready -= 1
-                taken.append(job_id)
+                taken.append(job.job_id)
         return taken
 
     def next_eligible_at(self) -> Optional[float]:
@@ -145,18 +157,24 @@ class Scheduler:
 
     def retry(self, job_id: str, eligible_at: Optional[float]) -> None:
         """A running job failed an attempt and will run again, not before `eligible_at`."""
-        self._release(job_id, eligible_at)
+        self._release(self._jobs[job_id], eligible_at)
 
     def ready_count(self, now: float) -> int:
         """How many jobs pop_ready(now, ...) could hand out."""
-        due = sum(1 for eligible_at, _, job_id in self._delayed if eligible_at <= now and self._state.get(job_id) == DELAYED)
+        jobs = self._jobs
+        due = 0
+        for entry in self._delayed:
+            job = jobs.get(entry[2])
+            if entry[0] <= now and job is not None and job.entry is entry:
+                due += 1
         return self._n_ready + due
 
     def discard(self, job_id: str) -> None:
         """Stop tracking a job (it ended, or left pending without us)."""
-        if self._state.pop(job_id, None) == READY:
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        if job.state is READY:
             self._n_ready -= 1
-        self._key.pop(job_id, None)
-        self._unfinished.pop(job_id, None)
-        self._eligible_at.pop(job_id, None)
-
+        job.state = DROPPED
+        job.entry = None
