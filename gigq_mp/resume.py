@@ -80,6 +80,8 @@ def plan_resume(store, jobs: Sequence[Job], force: bool = False) -> ResumePlan:
 
 def apply_resume(jobs: Sequence[Job], plan: ResumePlan) -> None:
     """Give the reused jobs the ids of their rows, and point their children at them."""
+    if not plan.reuse:
+        return  # a first run: every dependency list stays as it is
     for job in jobs:
         job.dependencies = [plan.reuse.get(d, d) for d in job.dependencies]
     for job in jobs:

@@ -155,10 +155,14 @@ class Workflow:
                 submission = self._prepare(queue, force, start_pool).submission  # the rest of the plan is stored now
             ids = [job.id for job in self.jobs]
             seqs = submission.seqs if submission else None
-            submitted = {row.id for row in submission.rows} if submission else set()
-            older = [i for i in ids if i not in submitted]  # jobs just submitted cannot have completed
+            if submission is not None and len(submission.rows) == len(ids):
+                older: List[str] = []  # every job was just submitted (none can have completed)
+            else:
+                submitted = {row.id for row in submission.rows} if submission else set()
+                older = [i for i in ids if i not in submitted]
+                del submitted
             self.last_run = {"total": len(ids), "reused": queue.store.count_status(older, "completed")}
-            del submitted, older
+            del older
             outside = {d for job in self.jobs for d in job.dependencies if d not in self.job_map}
             supervisor = Supervisor(
                 queue.store,
