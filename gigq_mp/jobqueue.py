@@ -77,12 +77,13 @@ def job_row(
         raise TypeError(f"expected a Job, got {type(job).__name__}")
     if job.params is not None and not isinstance(job.params, dict):
         raise ValidationError(f"params of job {job.name!r} must be a dict, got {type(job.params).__name__}")
+    max_memory_mb = getattr(job, "max_memory_mb", None)
     check_job_options(
         priority=job.priority,
         max_attempts=job.max_attempts,
         timeout=job.timeout,
         retry_delay=job.retry_delay,
-        max_memory_mb=getattr(job, "max_memory_mb", None),
+        max_memory_mb=max_memory_mb,
     )
     key = keys_by_function.get(id(job.function))
     if key is None:
@@ -94,26 +95,26 @@ def job_row(
         raise ValidationError(f"job {job.name!r} lists the same dependency twice")
     if job.id in job.dependencies:
         raise ValidationError(f"dependency cycle among jobs: {job.name} ({job.id}) depends on itself")
-    return JobRow(
-        id=job.id,
-        name=str(job.name),
-        function_name=getattr(job.function, "__name__", type(job.function).__name__),
-        function_module=getattr(job.function, "__module__", None) or "__main__",
-        function_key=key,
-        params=params_text,
-        params_blob=params_blob,
-        priority=job.priority,
-        dependencies=list(job.dependencies),
-        max_attempts=job.max_attempts,
-        timeout=job.timeout,
-        description=job.description,
-        created_at=job.created_at,
-        pass_parent_results=None if job.pass_parent_results is None else int(job.pass_parent_results),
-        retry_delay=job.retry_delay,
-        retry_backoff=int(bool(getattr(job, "retry_backoff", False))),
-        max_memory_mb=getattr(job, "max_memory_mb", None),
-        job_key=job_key,
-        workflow=workflow,
+    return JobRow(  # by position: this runs once per job, and 19 keywords cost half of it
+        job.id,  # id
+        str(job.name),  # name
+        getattr(job.function, "__name__", type(job.function).__name__),  # function_name
+        getattr(job.function, "__module__", None) or "__main__",  # function_module
+        key,  # function_key
+        params_text,  # params
+        params_blob,  # params_blob
+        job.priority,  # priority
+        list(job.dependencies),  # dependencies
+        job.max_attempts,  # max_attempts
+        job.timeout,  # timeout
+        job.description,  # description
+        job.created_at,  # created_at
+        None if job.pass_parent_results is None else int(job.pass_parent_results),  # pass_parent_results
+        job.retry_delay,  # retry_delay
+        int(bool(getattr(job, "retry_backoff", False))),  # retry_backoff
+        max_memory_mb,  # max_memory_mb
+        job_key,  # job_key
+        workflow,  # workflow
     )
 
 

@@ -58,7 +58,7 @@ def job_keys(jobs: Sequence[Job], params: Optional[Dict[str, Encoded]] = None) -
         # a parent outside the workflow), in order.
         data = function + (text.encode() if text is not None else blob)
         if job.dependencies:
-            data += b"".join([b"\0" + keys.get(parent, parent).encode() for parent in job.dependencies])
+            data += ("\0" + "\0".join([keys.get(parent, parent) for parent in job.dependencies])).encode()
         key = hashlib.sha256(data).hexdigest()[:40]
         count = seen[key] = seen.get(key, 0) + 1
         keys[job.id] = key if count == 1 else f"{key}#{count}"
