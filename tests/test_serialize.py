@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 
 from gigq_mp import serialize
 from gigq_mp.serialize import decode_value, dumps_exact, encode_ids, encode_result, encode_value, loads_json
 from gigq_mp.tracking import decode_ids
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXTS = [
     "1", " 1", "1 ", "\n[1, 2]\t", "NaN", "-Infinity", "1e400", "123456789012345678901234567890", '"s"',
@@ -87,3 +93,46 @@ def test_resume_keys_are_the_documented_hash_so_a_new_version_finds_old_rows():
     assert keys[a.id] == expected(json.dumps, '{"obj": 1}')
     assert keys[b.id] == keys[a.id] + "#2"
     assert keys[c.id] == expected(json.loads, '{"s": "[]"}', [keys[a.id], "from-outside"])
+
+
+@pytest.mark.timeout(60)
+def test_a_module_function_is_pickled_as_cloudpickle_would_without_importing_it():
+    """By reference, with the same bytes (so function keys and resume keys do not change);
+    a fresh interpreter, so that no earlier test has imported cloudpickle already."""
+    code = (
+        "import sys, pickle\n"
+        "from gigq_mp.serialize import dump_callable\n"
+        "from tests import jobs\n"
+        "key, blob = dump_callable(jobs.add)\n"
+        "assert 'cloudpickle' not in sys.modules, 'cloudpickle was imported'\n"
+        "assert pickle.loads(blob) is jobs.add\n"
+        "import cloudpickle\n"
+        "assert blob == cloudpickle.dumps(jobs.add, protocol=pickle.HIGHEST_PROTOCOL)\n"
+        "assert dump_callable(jobs.add) == (key, blob)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=50)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.timeout(30)
+def test_closures_lambdas_and_modules_registered_by_value_still_go_through_cloudpickle():
+    import cloudpickle
+
+    from tests import jobs
+
+    def closure():
+        return 41 + 1
+
+    for function in (closure, lambda: 42):
+        _, blob = serialize.dump_callable(function)
+        assert pickle.loads(blob)() == 42
+    by_reference = pickle.dumps(jobs.add, protocol=pickle.HIGHEST_PROTOCOL)
+    cloudpickle.register_pickle_by_value(jobs)
+    try:
+        _, blob = serialize.dump_callable(jobs.add)
+    finally:
+        cloudpickle.unregister_pickle_by_value(jobs)
+    assert blob != by_reference  # the function itself, not its name
+    assert pickle.loads(blob)(2, 3) == jobs.add(2, 3)
+    assert serialize.dump_callable(jobs.add)[1] == by_reference
