@@ -210,7 +210,8 @@ def _by_reference(function: Callable) -> bool:
     cloudpickle = sys.modules.get("cloudpickle")  # not loaded: nothing can be registered with it
     if cloudpickle is not None:
         by_value = cloudpickle.list_registry_pickle_by_value()
-        if any(module_name == name or module_name.startswith(name + ".") for name in by_value):
+        name = module.__name__  # as cloudpickle checks it (an alias in sys.modules may differ)
+        if any(name == registered or name.startswith(registered + ".") for registered in by_value):
             return False
     return True
 

@@ -383,7 +383,10 @@ class Store:
         with self._lock:
             cursor = self._conn.cursor()
             cursor.row_factory = None
-            return list(map(row._make, cursor.execute(sql, tuple(args)).fetchall()))
+            try:
+                return list(map(row._make, cursor.execute(sql, tuple(args)).fetchall()))
+            finally:
+                cursor.close()  # no read left open by a Ctrl-C between execute and fetchall
 
     @property
     def closed(self) -> bool:
@@ -764,16 +767,21 @@ class Store:
         with self.transaction() as db, self._all_or_none(db):  # its two statements
             cursor = db.cursor()
             cursor.row_factory = None
-            for chunk in _chunks(list(jobs)):
-                marks = ",".join("?" * len(chunk))
-                cursor.execute(
-                    f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
-                            started_at = ?, updated_at = ?, retry_after = NULL
-                        WHERE rowid IN ({marks}) AND +status = 'pending' AND +id IN ({marks})
-                        RETURNING {_CLAIM_FIELDS}""",
-                    (worker_id, now, now, *[seq for _, seq in chunk], *[job_id for job_id, _ in chunk]),
-                )
-                rows.update((row.id, row) for row in map(Claimed._make, cursor.fetchall()))
+            try:
+                for chunk in _chunks(list(jobs)):
+                    marks = ",".join("?" * len(chunk))
+                    cursor.execute(
+                        f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
+                                started_at = ?, updated_at = ?, retry_after = NULL
+                            WHERE rowid IN ({marks}) AND +status = 'pending' AND +id IN ({marks})
+                            RETURNING {_CLAIM_FIELDS}""",
+                        (worker_id, now, now, *[seq for _, seq in chunk], *[job_id for job_id, _ in chunk]),
+                    )
+                    rows.update((row.id, row) for row in map(Claimed._make, cursor.fetchall()))
+            finally:
+                # A Ctrl-C between execute and fetchall leaves the statement running while the
+                # traceback keeps the cursor: the savepoint and the batch could not end then.
+                cursor.close()
             claimed = []
             for job_id, _ in jobs:
                 row = rows.get(job_id)

@@ -930,3 +930,60 @@ def test_new_database_files_are_private_to_their_owner(tmp_path):
             q.close()
     finally:
         os.umask(old_umask)
+
+
+def _interrupt_at(code, method: str):
+    """A trace function raising KeyboardInterrupt once, in `code`, at the first call of
+    `method` (a Ctrl-C landing at that bytecode)."""
+    import dis
+
+    target = next(ins.offset for ins in dis.get_instructions(code) if ins.argval == method)
+    fired = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+        frame.f_trace_opcodes = True
+
+        def local(frame, event, arg):
+            if event == "opcode" and frame.f_lasti == target and not fired:
+                fired.append(True)
+                raise KeyboardInterrupt
+            return local
+
+        return local
+
+    return tracer, fired
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_between_a_claims_update_and_its_fetch_keeps_the_batch_committable(db_path):
+    """The claim's UPDATE ... RETURNING ran, its rows were not fetched yet: the interrupt
+    must come out as a KeyboardInterrupt, and the open batch (with a success recorded in it
+    before) must still commit."""
+    from gigq_mp.store import Store
+
+    queue = JobQueue(db_path)
+    done, later = (queue.submit(Job(name, jobs.add, params={"a": 1, "b": 2})) for name in ("done", "later"))
+    store = queue.store
+    seqs = dict(store._conn.execute("SELECT id, rowid FROM jobs").fetchall())
+    store.begin_batch()
+    store.claim([(done, seqs[done])], "w1")
+    store._conn.execute("UPDATE jobs SET status = 'completed' WHERE id = ?", (done,))  # its success
+    tracer, fired = _interrupt_at(Store.claim.__code__, "fetchall")
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.claim([(later, seqs[later])], "w1")
+    finally:
+        sys.settrace(None)
+    assert fired, "the interrupt was never raised: the test no longer reaches fetchall"
+    store.commit_batch()
+    other = sqlite3.connect(db_path)
+    try:
+        statuses = dict(other.execute("SELECT id, status FROM jobs").fetchall())
+    finally:
+        other.close()
+    assert statuses[done] == "completed"
+    assert statuses[later] == "pending"  # the interrupted claim was undone alone
+    queue.close()
