@@ -367,26 +367,31 @@ class Store:
         finally:
             self._lock.release()
 
-    def _read_in(self, sql: str, ids: Sequence[str], *tail: Any) -> Iterator[sqlite3.Row]:
-        """Rows of `sql`, whose `{marks}` is bound to `ids` a chunk at a time (then `tail`)."""
+    def _read_in(self, sql: str, ids: Sequence[str], *tail: Any, row: Optional[Type[R]] = None) -> Iterator[Any]:
+        """Rows of `sql`, whose `{marks}` is bound to `ids` a chunk at a time (then `tail`);
+        as `row` tuples when given (see _rows_as)."""
         for chunk in _chunks(list(ids)):
-            yield from self._read(sql.format(marks=",".join("?" * len(chunk))), [*chunk, *tail])
+            query, args = sql.format(marks=",".join("?" * len(chunk))), [*chunk, *tail]
+            yield from self._read(query, args) if row is None else self._rows_as(row, query, args)
 
     def _read(self, sql: str, args: Union[Iterable[Any], Dict[str, Any]] = ()) -> List[sqlite3.Row]:
         """Rows of one query; `args` binds `?` marks in order, or `:name` marks (a dict)."""
         with self._lock:
             return self._conn.execute(sql, args if isinstance(args, dict) else tuple(args)).fetchall()
 
-    def _read_as(self, row: Type[R], sql: str, args: Iterable[Any] = ()) -> List[R]:
-        """Rows of one query as `row` tuples (a NamedTuple of the selected columns, in order:
-        reading a sqlite3.Row by column name costs 0.1 us a field)."""
+    def _rows_as(self, row: Type[R], sql: str, args: Iterable[Any] = ()) -> List[R]:
+        """Rows of one statement (a query, or a write with RETURNING) as `row` tuples: a
+        NamedTuple of the selected columns, in order (reading a sqlite3.Row by column name
+        costs 0.1 us a field)."""
         with self._lock:
             cursor = self._conn.cursor()
             cursor.row_factory = None
             try:
                 return list(map(row._make, cursor.execute(sql, tuple(args)).fetchall()))
             finally:
-                cursor.close()  # no read left open by a Ctrl-C between execute and fetchall
+                # A Ctrl-C between execute and fetchall would leave the statement running while
+                # the traceback keeps the cursor: no savepoint or transaction could end then.
+                cursor.close()
 
     @property
     def closed(self) -> bool:
@@ -545,11 +550,10 @@ class Store:
         if seqs:
             wanted = set(ids)
             sql = f"SELECT {fields} FROM jobs WHERE rowid BETWEEN ? AND ?"
-            found = {row.id: row for row in self._read_as(Outcome, sql, (seqs[0], seqs[-1])) if row.id in wanted}
+            found = {row.id: row for row in self._rows_as(Outcome, sql, (seqs[0], seqs[-1])) if row.id in wanted}
         rest = [i for i in ids if i not in found]
-        for chunk in _chunks(rest):
-            sql = f"SELECT {fields} FROM jobs WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update((row.id, row) for row in self._read_as(Outcome, sql, chunk))
+        sql = f"SELECT {fields} FROM jobs WHERE id IN ({{marks}})"
+        found.update((row.id, row) for row in self._read_in(sql, rest, row=Outcome))
         return found
 
     def is_temporary(self) -> bool:
@@ -765,23 +769,17 @@ class Store:
         now = now_iso()
         rows: Dict[str, Claimed] = {}
         with self.transaction() as db, self._all_or_none(db):  # its two statements
-            cursor = db.cursor()
-            cursor.row_factory = None
-            try:
-                for chunk in _chunks(list(jobs)):
-                    marks = ",".join("?" * len(chunk))
-                    cursor.execute(
-                        f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
-                                started_at = ?, updated_at = ?, retry_after = NULL
-                            WHERE rowid IN ({marks}) AND +status = 'pending' AND +id IN ({marks})
-                            RETURNING {_CLAIM_FIELDS}""",
-                        (worker_id, now, now, *[seq for _, seq in chunk], *[job_id for job_id, _ in chunk]),
-                    )
-                    rows.update((row.id, row) for row in map(Claimed._make, cursor.fetchall()))
-            finally:
-                # A Ctrl-C between execute and fetchall leaves the statement running while the
-                # traceback keeps the cursor: the savepoint and the batch could not end then.
-                cursor.close()
+            for chunk in _chunks(list(jobs)):
+                marks = ",".join("?" * len(chunk))
+                returned = self._rows_as(
+                    Claimed,
+                    f"""UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = ?,
+                            started_at = ?, updated_at = ?, retry_after = NULL
+                        WHERE rowid IN ({marks}) AND +status = 'pending' AND +id IN ({marks})
+                        RETURNING {_CLAIM_FIELDS}""",
+                    (worker_id, now, now, *[seq for _, seq in chunk], *[job_id for job_id, _ in chunk]),
+                )
+                rows.update((row.id, row) for row in returned)
             claimed = []
             for job_id, _ in jobs:
                 row = rows.get(job_id)

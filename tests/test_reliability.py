@@ -970,7 +970,7 @@ def test_a_ctrl_c_between_a_claims_update_and_its_fetch_keeps_the_batch_committa
     store.begin_batch()
     store.claim([(done, seqs[done])], "w1")
     store._conn.execute("UPDATE jobs SET status = 'completed' WHERE id = ?", (done,))  # its success
-    tracer, fired = _interrupt_at(Store.claim.__code__, "fetchall")
+    tracer, fired = _interrupt_at(Store._rows_as.__code__, "fetchall")  # the claim's statement
     sys.settrace(tracer)
     try:
         with pytest.raises(KeyboardInterrupt):
