@@ -112,11 +112,14 @@ class ForkServer:
                 time.sleep(REAP_POLL_SECONDS)  # not exited yet
         return process.returncode
 
-    def close(self, grace: float = 5.0) -> None:
-        """Close its control socket: it kills and reaps the workers it still has, and exits."""
+    def close(self, grace: float = 5.0, wait: bool = True) -> None:
+        """Close its control socket: it kills and reaps the workers it still has, and exits.
+        Waits for that (`grace` seconds, then kills it) unless `wait` is False."""
         if self.ctl is not None:
             self.ctl.close()
             self.ctl = None
+        if not wait:
+            return
         try:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:

@@ -61,6 +61,7 @@ class Executor(Protocol):
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
     def kill(self, job_id: str, attempt: int, status: str, error: str) -> list: ...
     def skip(self, job_id: str, attempt: int) -> None: ...
+    def stop(self) -> None: ...  # the first half of shutdown: returns before its processes are gone
     def shutdown(self) -> None: ...
 
 
@@ -457,21 +458,30 @@ class LocalPool:
         self.workers.remove(worker)
         self._selector.unregister(worker.conn.fileno())
 
-    def shutdown(self) -> None:
-        """Stop every worker: idle ones are asked to exit, busy ones are killed with their trees."""
+    def stop(self) -> None:
+        """Stop every worker, without waiting for the idle ones to be gone: busy ones are killed
+        with their trees; idle ones are asked to exit, and the fork server is told to go. It
+        kills (with its process group) and reaps whichever of them has not exited yet, then
+        exits: an idle worker has nothing to lose. shutdown() waits for that."""
         idle = [w for w in self.workers if not w.jobs]
         for worker in idle:
-            worker.ask_to_exit()  # let them all exit at once; close() then only reaps
+            worker.ask_to_exit()
         for worker in self.workers:
             if worker.jobs:
                 worker.kill(self.kill_grace)
-            else:
-                worker.close(1.0)
+        for worker in idle:
+            worker.conn.close()
         for worker in self.workers:
             worker.counter.close()
         self.workers.clear()
         if self._server is not None:
-            self._server.close()  # it kills and reaps any worker still there
+            self._server.close(wait=False)
+
+    def shutdown(self) -> None:
+        """stop(), then wait until the fork server, and so every worker, is gone."""
+        self.stop()
+        if self._server is not None:
+            self._server.close()
             self._server = None
         self._selector.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -413,6 +413,9 @@ class Store:
 
     # -- submission -----------------------------------------------------------------------------
 
+    def has_jobs(self) -> bool:
+        return bool(self._read("SELECT 1 FROM jobs LIMIT 1"))
+
     def has_keyed_jobs(self) -> bool:
         """Is there any job a workflow could reuse (one stored with a resume key)?"""
         return bool(self._read("SELECT 1 FROM jobs WHERE job_key IS NOT NULL LIMIT 1"))

@@ -133,6 +133,7 @@ class Supervisor:
             )
         )
         self.executor: Optional[Executor] = executor  # started early by the caller, or on first use
+        self._stopping: Optional[Executor] = None  # stopped by close(wait=False), not waited for yet
         self.scheduler = Scheduler()
         self._parent_results = ResultCache(RESULT_CACHE_BYTES, RESULT_CACHE_ITEM_BYTES)
         self.tracker = Tracker(
@@ -660,26 +661,35 @@ class Supervisor:
                     self.store.record_interrupted(attempt.ref, attempt.pid, reason)
             self.running.clear()
 
-    def close(self) -> None:
-        """Shut the pool down and release the wake-up pipe. Idempotent."""
-        if self._wake_r < 0:
-            return
-        if self.running:
-            self._interrupt_running("supervisor closed")
-        if self.executor is not None:
-            executor, self.executor = self.executor, None
-            executor.shutdown()
-        try:
-            self.store.unregister_supervisor(self.worker_id)
-        except Exception:  # a closed or broken store: our registration dies with us anyway
-            logger.debug("could not unregister supervisor %s", self.worker_id, exc_info=True)
-        for fd in (self._wake_r, self._wake_w):
+    def close(self, wait: bool = True) -> None:
+        """Shut the pool down and release the wake-up pipe. Idempotent. With `wait=False`, idle
+        worker processes may still be ending when it returns (the caller has other work to do
+        meanwhile); a later close() waits until they are gone."""
+        if self._wake_r >= 0:
+            if self.running:
+                self._interrupt_running("supervisor closed")
+            if self.executor is not None:
+                executor, self.executor = self.executor, None
+                if wait:
+                    executor.shutdown()
+                else:
+                    self._stopping = executor  # before stop(): a Ctrl-C inside still leaves it to wait for
+                    executor.stop()
             try:
-                os.close(fd)
-            except OSError:
-                logger.debug("wake-up fd %d already closed", fd)
-        self._wake_r = self._wake_w = -1
-        _live.discard(self)
+                self.store.unregister_supervisor(self.worker_id)
+            except Exception:  # a closed or broken store: our registration dies with us anyway
+                logger.debug("could not unregister supervisor %s", self.worker_id, exc_info=True)
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    logger.debug("wake-up fd %d already closed", fd)
+            self._wake_r = self._wake_w = -1
+        if wait:
+            if self._stopping is not None:
+                executor, self._stopping = self._stopping, None
+                executor.shutdown()
+            _live.discard(self)
 
 
 def close_all() -> None:

@@ -80,17 +80,18 @@ class Workflow:
         """prepare(); `before_insert` is called once, as soon as it is known that new jobs are to
         be inserted (at once, before they are validated, when nothing in the database could be
         reused), never if none are."""
-        ids = [job.id for job in self.jobs]
-        present = queue.store.existing_ids(ids)
+        stored = queue.store.has_jobs()  # a new database has no row to look any job up in
+        present = queue.store.existing_ids([job.id for job in self.jobs]) if stored else set()
         fresh = [job for job in self.jobs if job.id not in present]
         if not fresh:
             return ResumePlan({})
-        if before_insert is not None and (queue.store.is_temporary() or not queue.store.has_keyed_jobs()):
+        reusable = stored and not queue.store.is_temporary() and queue.store.has_keyed_jobs()
+        if before_insert is not None and not reusable:
             before_insert()  # nothing to reuse: every fresh job will be inserted
             before_insert = None
         if queue.store.is_temporary():
             return ResumePlan({}, submission=queue.insert(fresh, workflow=self.name))
-        plan = plan_resume(queue.store, fresh, force)
+        plan = plan_resume(queue.store, fresh, force or not reusable)  # keys only, when no row has one
         apply_resume(self.jobs, plan)  # jobs submitted before also point at reused parents
         self.job_map = {job.id: job for job in self.jobs}
         for job_id, status in plan.status.items():
@@ -142,6 +143,7 @@ class Workflow:
         own_queue = queue is None
         queue = JobQueue(":memory:") if own_queue else queue
         pool: Optional[LocalPool] = None
+        supervisor: Optional[Supervisor] = None
 
         def start_pool() -> None:
             nonlocal pool
@@ -189,11 +191,13 @@ class Workflow:
             finally:
                 if supervisor.tracker.froze_gc:  # what was alive once it had read the submission
                     thaw()
-                supervisor.close()
+                supervisor.close(wait=False)  # its idle worker processes end while the outcomes are read
             self.last_run["attempts"] = supervisor.finished_attempts
             with paused_gc():
                 return self._outcome(queue, ids, timeout, seqs)
         finally:
+            if supervisor is not None:
+                supervisor.close()  # waits until they are gone
             if pool is not None:
                 pool.shutdown()
             if own_queue:

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from gigq_mp import Job, Worker, Workflow, task
@@ -350,6 +351,24 @@ def test_workflow_failed_keeps_completed_results(queue):
     assert exc.failures[bad.id]["name"] == "bad"
     assert exc.failures[bad.id]["status"] == "failed"
     assert "bad" in str(exc) and "failed" in str(exc) and "ValueError" in str(exc)
+
+
+@pytest.mark.timeout(60)
+def test_run_returns_only_once_its_processes_are_gone(queue):
+    """The pool's idle workers end while the outcomes are read, but run() returns only after
+    the fork server has reaped them and exited: at once, not "soon" (the autouse fixture
+    would wait for that), whether the workflow completed or failed."""
+    me = psutil.Process()
+    for make_fail in (False, True):
+        wf = Workflow(f"gone {make_fail}")
+        wf.add_job(Job("a", jobs.add, params={"a": 1, "b": 2}))
+        wf.add_job(Job("b", jobs.raise_value_error if make_fail else jobs.noop, max_attempts=1))
+        if make_fail:
+            with pytest.raises(WorkflowFailed):
+                wf.run(queue, workers=2)
+        else:
+            wf.run(queue, workers=2)
+        assert me.children(recursive=True) == []  # zombies count: nothing is left to reap
 
 
 @pytest.mark.timeout(30)
