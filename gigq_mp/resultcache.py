@@ -8,7 +8,7 @@ lookup per parent). The store stays the truth; a child that misses reads it.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 from .serialize import StoredResult
 
@@ -53,13 +53,25 @@ class ResultCache:
 
     def take(self, job_id: str) -> Optional[StoredResult]:
         """The kept result of `job_id` for one child's claim, or None."""
-        entry = self._entries.get(job_id)
-        if entry is None:
-            return None
-        entry[1] -= 1
-        if entry[1] <= 0:
-            self._drop(job_id)
-        return entry[0]
+        return self.take_many([job_id]).get(job_id)
+
+    def take_many(self, ids: Iterable[str]) -> Dict[str, StoredResult]:
+        """take() for each of `ids`, which names a job once for each claim that needs its
+        result: job id -> result, for the ids kept. (One loop: a fan-in's claim takes thousands.)"""
+        entries = self._entries
+        found = {}
+        freed = 0
+        for job_id in ids:
+            entry = entries.get(job_id)
+            if entry is not None:
+                found[job_id] = entry[0]
+                if entry[1] > 1:
+                    entry[1] -= 1
+                else:
+                    del entries[job_id]
+                    freed += entry[2]
+        self._bytes -= freed
+        return found
 
     def clear(self) -> None:
         self._entries.clear()

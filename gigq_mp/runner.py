@@ -21,8 +21,8 @@ from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Optional, Set
 
 from .capture import OutputCapture
-from .messages import JobFailed, JobSucceeded, RunJob, Unstarted, WorkerInit
-from .serialize import decode_value, encode_result, load_callable
+from .messages import JobFailed, JobSucceeded, PackedResults, RunJob, Unstarted, WorkerInit
+from .serialize import decode_value, encode_result, load_callable, loads_json
 from .wire import Pipe, StartCounter
 
 FUNCTION_CACHE_SIZE = 64
@@ -90,11 +90,15 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
     function, wants = loaded
     params = decode_value(message.params_text, message.params_blob) or {}
     inject = message.pass_parent_results
-    if message.parent_results and (inject or (inject is None and wants)):
+    parents = message.parent_results
+    if parents and (inject or (inject is None and wants)):
         params = dict(params)
-        params["parent_results"] = {
-            parent_id: decode_value(text, blob, path) for parent_id, text, blob, path in message.parent_results
-        }
+        if type(parents) is PackedResults:
+            params["parent_results"] = dict(zip(parents.ids, loads_json(parents.texts)))
+        else:
+            params["parent_results"] = {
+                parent_id: decode_value(text, blob, path) for parent_id, text, blob, path in parents
+            }
     return function(**params)
 
 

@@ -24,10 +24,12 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from .log import get_logger
-from .messages import Accepted, Interrupted, JobFailed, JobSucceeded, Killed, RunJob, Unstarted, WorkerLost
+from .messages import (
+    Accepted, Interrupted, JobFailed, JobSucceeded, Killed, PackedResults, RunJob, Unstarted, WorkerLost,
+)
 from .model import FINAL
 from .pool import Executor, LocalPool
 from .proctree import tree_rss
@@ -381,14 +383,9 @@ class Supervisor:
                 if job_id not in taken:
                     self.scheduler.discard(job_id)  # another supervisor or a cancel got there first
             parents = {row.id: decode_ids(row.dependencies, keep=False) for row, _ in claimed}
-            results = {}
-            for deps in parents.values():
-                for parent in deps:
-                    kept = self._parent_results.take(parent)
-                    if kept is not None:
-                        results[parent] = kept
-            results.update(self.store.results([p for deps in parents.values() for p in deps if p not in results]))
-            self._buffer.extend(self._prepare(row, ref, parents[row.id], results) for row, ref in claimed)
+            kept = self._parent_results.take_many([p for deps in parents.values() for p in deps])
+            stored = self.store.results([p for deps in parents.values() for p in deps if p not in kept])
+            self._buffer.extend(self._prepare(row, ref, parents[row.id], kept, stored) for row, ref in claimed)
         except BaseException:
             for row, ref in claimed:  # claimed, never ours in memory (a Ctrl-C): back to pending
                 if row.id not in self.running:
@@ -396,9 +393,10 @@ class Supervisor:
             raise
         return bool(claimed)
 
-    def _prepare(self, row: Claimed, ref: AttemptRef, parents: List[str], results: dict) -> RunJob:
-        """The attempt of a job just claimed, and the message that runs it. (Arguments by
-        position: this runs once per job, and keywords cost a third of it.)"""
+    def _prepare(self, row: Claimed, ref: AttemptRef, parents: List[str], kept: dict, stored: dict) -> RunJob:
+        """The attempt of a job just claimed, and the message that runs it, with the results of
+        its parents: `kept` (from this run's workers) or else `stored`. (Arguments by position:
+        this runs once per job, and keywords cost a third of it.)"""
         job_id = ref.job_id
         key = row.function_key or f"{row.function_module}:{row.function_name}"
         if key not in self._functions:
@@ -418,7 +416,6 @@ class Supervisor:
             claim=claim,
         )
         inject = row.pass_parent_results
-        no_result = (None, None, None)
         return RunJob(
             job_id,  # job_id
             claim,  # attempt
@@ -427,7 +424,7 @@ class Supervisor:
             row.function_name,  # function_name
             row.params,  # params_text
             row.params_blob,  # params_blob
-            tuple([(p, *results.get(p, no_result)) for p in parents]) if parents else (),  # parent_results
+            _parent_results(parents, kept, stored) if parents else (),  # parent_results
             None if inject is None else bool(inject),  # pass_parent_results
         )
 
@@ -690,6 +687,19 @@ class Supervisor:
                 executor, self._stopping = self._stopping, None
                 executor.shutdown()
             _live.discard(self)
+
+
+def _parent_results(parents: List[str], kept: dict, stored: dict) -> Union[tuple, PackedResults]:
+    """RunJob.parent_results: packed when every parent's result is kept and is JSON text (kept
+    results came from this run's workers, which write exact JSON; a text read from the
+    database could be anything another program wrote, and is never packed)."""
+    got = [kept.get(p) for p in parents]
+    if None not in got:
+        texts = [result[0] for result in got]
+        if None not in texts:  # a result with text has no blob and no file
+            return PackedResults(tuple(parents), "[" + ",".join(texts) + "]")
+    no_result = (None, None, None)
+    return tuple([(p, *(kept.get(p) or stored.get(p, no_result))) for p in parents])
 
 
 def close_all() -> None:

@@ -320,7 +320,7 @@ def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue
 
 @pytest.mark.timeout(30)
 def test_successes_written_together_drop_only_the_job_someone_else_changed(queue, other, make_supervisor):
-    from gigq_mp.messages import JobSucceeded
+    from gigq_mp.messages import JobSucceeded, PackedResults
 
     kept = queue.submit(Job("kept", jobs.add, params={"a": 1, "b": 2}))
     changed = queue.submit(Job("changed", jobs.add, params={"a": 3, "b": 4}))
@@ -337,7 +337,7 @@ def test_successes_written_together_drop_only_the_job_someone_else_changed(queue
     assert supervisor.counts["completed"] == 1  # once, however often its event was applied
     claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
     run = supervisor.executor.sent[-1]
-    assert run.job_id == child and run.parent_results[0][:2] == (kept, "3")
+    assert run.job_id == child and run.parent_results == PackedResults((kept,), "[3]")  # from this run's worker
 
 
 @pytest.mark.timeout(30)
@@ -363,7 +363,7 @@ def test_a_parent_result_kept_in_memory_is_not_served_after_its_row_was_deleted(
     catch_up(here)
     claim_all(here)
     run = here.executor.sent[-1]
-    assert run.job_id == new_child and run.parent_results[0][:2] == (parent.id, "30")
+    assert run.job_id == new_child and run.parent_results[0][:2] == (parent.id, "30")  # read back: never packed
 
 
 @pytest.mark.timeout(30)

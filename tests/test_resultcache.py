@@ -49,3 +49,29 @@ def test_many_tiny_results_are_bounded_by_their_entries():
     for i in range(100):
         cache.put(f"t{i}", ("1", None, None), children=1)
     assert len(cache) == 9  # 9 * (E + 1) bytes fit in 10 * E, a tenth would not
+
+
+def test_take_many_takes_once_per_mention_and_frees_what_is_used_up():
+    cache = ResultCache(max_bytes=100 + 4 * E, max_item_bytes=40)
+    cache.put("a", ("1", None, None), children=2)
+    cache.put("b", (None, b"xy", None), children=1)
+    # two claims need "a" (it is named twice), one needs "b"; "gone" was never kept
+    assert cache.take_many(["a", "b", "gone", "a"]) == {"a": ("1", None, None), "b": (None, b"xy", None)}
+    assert (len(cache), cache.size) == (0, 0)
+    cache.put("c", ("12", None, None), children=3)
+    assert cache.take_many(["c"]) == {"c": ("12", None, None)}
+    assert (len(cache), cache.size) == (1, 2 + E)  # two claims left
+
+
+def test_parent_results_are_packed_only_when_every_one_is_kept_json_text():
+    from gigq_mp.messages import PackedResults
+    from gigq_mp.supervisor import _parent_results
+
+    kept = {"p1": ("[1, 2]", None, None), "p2": ('"x"', None, None), "p3": (None, b"pickle", None)}
+    stored = {"p4": ("4", None, None)}
+    assert _parent_results(["p2", "p1"], kept, stored) == PackedResults(("p2", "p1"), '["x",[1, 2]]')
+    # a pickled result, or one read from the database, goes one tuple per parent, in order
+    assert _parent_results(["p1", "p3"], kept, stored) == (("p1", "[1, 2]", None, None), ("p3", None, b"pickle", None))
+    assert _parent_results(["p4", "p2", "p5"], kept, stored) == (
+        ("p4", "4", None, None), ("p2", '"x"', None, None), ("p5", None, None, None),
+    )
