@@ -646,9 +646,7 @@ class Supervisor:
         """Kill every worker process, and put the jobs they held back to pending, no attempt used."""
         if not self.running:
             return
-        if self.executor is not None:
-            executor, self.executor = self.executor, None
-            executor.shutdown()
+        self._shut_down_executor()
         with self.store.transaction():
             for attempt in self.running.values():
                 self.scheduler.discard(attempt.job_id)
@@ -665,13 +663,10 @@ class Supervisor:
         if self._wake_r >= 0:
             if self.running:
                 self._interrupt_running("supervisor closed")
-            if self.executor is not None:
-                executor, self.executor = self.executor, None
-                if wait:
-                    executor.shutdown()
-                else:
-                    self._stopping = executor  # before stop(): a Ctrl-C inside still leaves it to wait for
-                    executor.stop()
+            if self.executor is not None and not wait:
+                self._stopping = self.executor  # set first: a Ctrl-C from here on leaves it to close()
+                self.executor = None
+                self._stopping.stop()
             try:
                 self.store.unregister_supervisor(self.worker_id)
             except Exception:  # a closed or broken store: our registration dies with us anyway
@@ -683,10 +678,18 @@ class Supervisor:
                     logger.debug("wake-up fd %d already closed", fd)
             self._wake_r = self._wake_w = -1
         if wait:
-            if self._stopping is not None:
-                executor, self._stopping = self._stopping, None
-                executor.shutdown()
+            self._shut_down_executor()
             _live.discard(self)
+
+    def _shut_down_executor(self) -> None:
+        """Shut the executor down and wait until its processes are gone. It is held in
+        `_stopping` until then, so that a Ctrl-C halfway leaves it to a later close()."""
+        if self.executor is not None:
+            self._stopping = self.executor
+            self.executor = None
+        if self._stopping is not None:
+            self._stopping.shutdown()
+            self._stopping = None
 
 
 def _parent_results(parents: List[str], kept: dict, stored: dict) -> Union[tuple, PackedResults]:

@@ -143,9 +143,12 @@ class Tracker:
             for i, row in enumerate(submission.rows)
             if row.id in self.scope
         ]
-        submitted = {row.id for row in submission.rows}
+        if len(entries) == len(self.scope):
+            others = []  # the scope is the jobs just submitted (their ids are distinct and in it)
+        else:
+            submitted = {row.id for row in submission.rows}
+            others = [job_id for job_id in self.scope if job_id not in submitted and job_id not in self.scheduler]
         del submission  # the last reference to its rows: they go before the scheduler grows
-        others = [job_id for job_id in self.scope if job_id not in submitted and job_id not in self.scheduler]
         for row in self.store.job_states(others):
             if row["status"] == "pending" and row["id"] not in running:
                 entries.append(_entry(row))
