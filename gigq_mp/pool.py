@@ -131,7 +131,7 @@ class WorkerProcess:
                 if pickled.get(key) is not None:
                     missing[key] = pickled[key]
         self.jobs.extend(runs)
-        self.conn.post(JobBatch(tuple(runs), missing))
+        self.conn.post(JobBatch(tuple(map(tuple, runs)), missing))  # plain tuples: see JobBatch
 
     def ask_to_exit(self) -> None:
         try:

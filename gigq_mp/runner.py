@@ -281,7 +281,7 @@ def receive(
             jobs.append(None)
         else:
             pickled.update(message.functions)
-            jobs.extend(message.runs)
+            jobs.extend(map(RunJob._make, message.runs))
             # A skip for a job no longer queued here came too late: the job has run.
             skip.update(a for a in message.skip if any(job is not None and job.attempt == a for job in jobs))
         block = False

@@ -320,7 +320,7 @@ def test_a_late_reply_from_an_earlier_claim_of_a_requeued_job_is_not_taken(queue
 
 @pytest.mark.timeout(30)
 def test_successes_written_together_drop_only_the_job_someone_else_changed(queue, other, make_supervisor):
-    from gigq_mp.messages import JobSucceeded, PackedResults
+    from gigq_mp.messages import JobSucceeded
 
     kept = queue.submit(Job("kept", jobs.add, params={"a": 1, "b": 2}))
     changed = queue.submit(Job("changed", jobs.add, params={"a": 3, "b": 4}))
@@ -337,7 +337,7 @@ def test_successes_written_together_drop_only_the_job_someone_else_changed(queue
     assert supervisor.counts["completed"] == 1  # once, however often its event was applied
     claim_all(supervisor)  # the kept job's child is ready, its parent's result at hand
     run = supervisor.executor.sent[-1]
-    assert run.job_id == child and run.parent_results == PackedResults((kept,), "[3]")  # from this run's worker
+    assert run.job_id == child and run.parent_results == ((kept, "3", None, None),)
 
 
 @pytest.mark.timeout(30)

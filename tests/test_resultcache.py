@@ -65,13 +65,19 @@ def test_take_many_takes_once_per_mention_and_frees_what_is_used_up():
 
 def test_parent_results_are_packed_only_when_every_one_is_kept_json_text():
     from gigq_mp.messages import PackedResults
-    from gigq_mp.supervisor import _parent_results
+    from gigq_mp.supervisor import PACK_MIN_PARENTS, _parent_results
 
+    many = [f"m{i}" for i in range(PACK_MIN_PARENTS)]
     kept = {"p1": ("[1, 2]", None, None), "p2": ('"x"', None, None), "p3": (None, b"pickle", None)}
+    kept.update((m, (str(i), None, None)) for i, m in enumerate(many))
     stored = {"p4": ("4", None, None)}
-    assert _parent_results(["p2", "p1"], kept, stored) == PackedResults(("p2", "p1"), '["x",[1, 2]]')
-    # a pickled result, or one read from the database, goes one tuple per parent, in order
-    assert _parent_results(["p1", "p3"], kept, stored) == (("p1", "[1, 2]", None, None), ("p3", None, b"pickle", None))
-    assert _parent_results(["p4", "p2", "p5"], kept, stored) == (
-        ("p4", "4", None, None), ("p2", '"x"', None, None), ("p5", None, None, None),
+    texts = ",".join(str(i) for i in range(2, PACK_MIN_PARENTS))
+    assert _parent_results(["p2", "p1", *many[2:]], kept, stored) == PackedResults(
+        ("p2", "p1", *many[2:]), f'["x",[1, 2],{texts}]'
+    )
+    # fewer parents, a pickled result, or one read from the database: a tuple per parent, in order
+    assert _parent_results(many[:2], kept, stored) == (("m0", "0", None, None), ("m1", "1", None, None))
+    assert _parent_results(["p3", *many[1:]], kept, stored)[:2] == (("p3", None, b"pickle", None), ("m1", "1", None, None))
+    assert _parent_results([*many[1:], "p4", "p5"], kept, stored)[-3:] == (
+        (many[-1], str(PACK_MIN_PARENTS - 1), None, None), ("p4", "4", None, None), ("p5", None, None, None),
     )
