@@ -193,9 +193,9 @@ def remove_file(path: str) -> None:
         logger.debug("result file %s was already gone", path)
 
 
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _queue_write(method: F) -> F:
@@ -772,7 +772,7 @@ class Store:
         now = now_iso()
         rows: Dict[str, Claimed] = {}
         with self.transaction() as db, self._all_or_none(db):  # its two statements
-            for chunk in _chunks(list(jobs)):
+            for chunk in _chunks(list(jobs), _CHUNK // 2):  # two variables a job
                 marks = ",".join("?" * len(chunk))
                 returned = self._rows_as(
                     Claimed,

@@ -360,3 +360,23 @@ def test_a_large_submission_gives_its_extra_page_cache_back(tmp_path, monkeypatc
     (cache,) = queue.store._conn.execute("PRAGMA cache_size").fetchone()
     assert cache == -store_module.CACHE_KIB
     queue.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_of_more_jobs_than_one_statement_binds_takes_each_once_in_order(queue):
+    """A claim binds two variables a job, so a large one goes in several statements (old
+    SQLite builds allow 999 variables); it returns the jobs in the order given, skips the
+    one no longer pending, and opens one attempt for each job it took."""
+    ids = queue.submit_many([make_job(f"j{i}") for i in range(1000)])
+    store = queue.store
+    store._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as SQLite before 3.32
+    seqs = dict(store._conn.execute("SELECT id, rowid FROM jobs").fetchall())
+    store._conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (ids[700],))
+    wanted = list(reversed(ids))
+    with store.transaction():
+        claimed = store.claim([(i, seqs[i]) for i in wanted], "w1")
+    assert [row.id for row, _ in claimed] == [i for i in wanted if i != ids[700]]
+    assert {row.attempts for row, _ in claimed} == {1}
+    assert store.count_by_status() == {"running": 999, "cancelled": 1}
+    (executions,) = store._conn.execute("SELECT COUNT(*) FROM job_executions").fetchone()
+    assert executions == 999
