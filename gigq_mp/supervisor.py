@@ -697,11 +697,12 @@ def _parent_results(parents: List[str], kept: dict, stored: dict) -> Union[tuple
     result is kept and is JSON text (kept results came from this run's workers, which write
     exact JSON; a text read from the database could be anything another program wrote, and
     is never packed)."""
-    got = [kept.get(p) for p in parents] if len(parents) >= PACK_MIN_PARENTS else [None]
-    if None not in got:
-        texts = [result[0] for result in got]
-        if None not in texts:  # a result with text has no blob and no file
-            return PackedResults(tuple(parents), "[" + ",".join(texts) + "]")
+    if len(parents) >= PACK_MIN_PARENTS:
+        got = [kept.get(p) for p in parents]
+        if None not in got:
+            texts = [result[0] for result in got]
+            if None not in texts:  # a result with text has no blob and no file
+                return PackedResults(tuple(parents), "[" + ",".join(texts) + "]")
     no_result = (None, None, None)
     return tuple([(p, *(kept.get(p) or stored.get(p, no_result))) for p in parents])
 
