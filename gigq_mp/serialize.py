@@ -26,7 +26,7 @@ StoredResult = Tuple[Optional[str], Optional[bytes], Optional[str]]  # text, blo
 SPILL_BYTES = 1 << 20  # pickled results this large go to a file
 _SPILL_MAGIC = b"gigq_mp-result-1\n"
 
-_JSON_SCALARS = (str, int, bool, type(None))
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})  # by exact type: a subclass may encode otherwise
 
 
 def _cloudpickle() -> Any:
@@ -45,9 +45,15 @@ def is_exact_json(value: Any) -> bool:
     if kind is float:
         return math.isfinite(value)
     if kind is list:
-        return all(is_exact_json(item) for item in value)
+        for item in value:  # a loop, and no call for a scalar: most params are a flat dict
+            if type(item) not in _JSON_SCALARS and not is_exact_json(item):
+                return False
+        return True
     if kind is dict:
-        return all(type(key) is str and is_exact_json(item) for key, item in value.items())
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _JSON_SCALARS and not is_exact_json(item)):
+                return False
+        return True
     return False
 
 
@@ -95,9 +101,10 @@ def encode_ids(ids: Sequence[str]) -> str:
     """json.dumps of a list of job ids, the same text, at a fraction of its cost per call."""
     if not ids:
         return "[]"
-    if all(type(i) is str for i in ids):
+    try:  # encode_basestring_ascii takes only strings: anything else goes to json.dumps
         return "[" + ", ".join(map(encode_basestring_ascii, ids)) + "]"
-    return json.dumps(list(ids))
+    except TypeError:
+        return json.dumps(list(ids))
 
 
 def decode_value(text: Optional[str], blob: Optional[bytes], path: Optional[str] = None) -> Any:

@@ -46,7 +46,11 @@ def test_values_of_every_kind_decode_to_what_was_encoded(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_lists_of_job_ids_encode_as_json_dumps_does_and_decode_back():
-    lists = [[], ["a"], ['quote"d', "back\\slash", "é-ünïcode", "tab\there"], ["x", "y", "z"], [7, "mixed"]]
+    class Id(str):
+        pass
+
+    lists = [[], ["a"], ['quote"d', "back\\slash", "é-ünïcode", "tab\there"], ["x", "y", "z"], [Id("sub"), "str"],
+             [7, "mixed"], ["mixed", 7, None]]
     for ids in lists:
         assert encode_ids(ids) == json.dumps(ids)
     for ids in lists[:4]:
