@@ -29,15 +29,20 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 import traceback
 from typing import Dict, List, Optional, Set, Tuple
 
-from .log import get_logger
 
-logger = get_logger(__name__)
+
+def _logger():
+    """This module's logger, found when first needed: the fork server, which imports this
+    module, never logs (logging costs its start 2 ms)."""
+    from .log import get_logger
+
+    return get_logger(__name__)
+
 
 # One message each way: kind (b"F" fork, b"R" reap), request number, pid, value (the new pid,
 # a return code).
@@ -60,6 +65,8 @@ class ForkServer:
     """The pool's side: start the fork server, ask it for worker processes, reap them."""
 
     def __init__(self) -> None:
+        import subprocess  # here: the fork server itself never starts a process this way
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.popen = subprocess.Popen(
@@ -120,10 +127,12 @@ class ForkServer:
             self.ctl = None
         if not wait:
             return
+        import subprocess
+
         try:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:
-            logger.warning("fork server %d did not exit in %g s; killing it", self.popen.pid, grace)
+            _logger().warning("fork server %d did not exit in %g s; killing it", self.popen.pid, grace)
             self.popen.kill()
             self.popen.wait()
         self._forget_waiting()
@@ -154,7 +163,7 @@ class ForkServer:
             return
         if self._unapplied is None:
             if not self._poller.poll(REPLY_SECONDS * 1000):
-                logger.error("the fork server did not answer in %g s; stopping it", REPLY_SECONDS)
+                _logger().error("the fork server did not answer in %g s; stopping it", REPLY_SECONDS)
                 return self._gone()
             try:
                 self._unapplied = self.ctl.recv(_MESSAGE.size)
@@ -165,7 +174,7 @@ class ForkServer:
         kind, number, _, value = _MESSAGE.unpack(self._unapplied)
         asked = self._waiting.get(number)
         if asked is None or asked[0] != kind:
-            logger.error("the fork server answered request %d, which was not asked; stopping it", number)
+            _logger().error("the fork server answered request %d, which was not asked; stopping it", number)
             return self._gone()
         process = asked[1]
         if kind == b"F":

@@ -9,7 +9,6 @@ the pipe closes, when it is told to stop, or when its supervisor disappears.
 
 from __future__ import annotations
 
-import inspect
 import os
 import select
 import signal
@@ -67,6 +66,8 @@ def in_worker_process() -> bool:
 
 def wants_parent_results(function: Callable) -> bool:
     """Auto mode: inject when the callable takes `parent_results` or `**kwargs`."""
+    import inspect  # on first need: a pool whose jobs have no parents starts without it (5 ms)
+
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
@@ -81,17 +82,19 @@ def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]
     callable missing here always arrived in `pickled` with this job's batch.
     """
     loaded = functions.get(message.function_key)
-    if loaded is None:  # its signature is read once, here: inspect.signature costs more than a short job
+    if loaded is None:
         function = load_callable(
             pickled.pop(message.function_key, None), message.function_module, message.function_name
         )
-        loaded = (function, wants_parent_results(function))
+        loaded = [function, None]  # whether it takes parent results: read when first needed
         functions.put(message.function_key, loaded)
-    function, wants = loaded
+    function = loaded[0]
     params = decode_value(message.params_text, message.params_blob) or {}
     inject = message.pass_parent_results
     parents = message.parent_results
-    if parents and (inject or (inject is None and wants)):
+    if parents and inject is None and loaded[1] is None:
+        loaded[1] = wants_parent_results(function)  # once: inspect.signature costs more than a short job
+    if parents and (inject or (inject is None and loaded[1])):
         params = dict(params)
         if type(parents) is PackedResults:
             params["parent_results"] = dict(zip(parents.ids, loads_json(parents.texts)))

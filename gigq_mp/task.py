@@ -7,7 +7,6 @@ or a notebook are accepted: they travel to worker processes cloudpickled.
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, Callable, Optional
 
 from .model import Job, check_job_options
@@ -102,6 +101,8 @@ def _refuse(function: Any) -> None:
         raise TypeError(f"@task applied twice to {function.name!r}; apply it once")
     if not callable(function):
         raise TypeError(f"@task needs a callable, got {type(function).__name__}: {function!r}")
+    import inspect  # here: the fork server imports this module (with gigq_mp), and never needs it
+
     if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         raise TypeError(
             f"@task cannot run async function {getattr(function, '__qualname__', function)!r}: "

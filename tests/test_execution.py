@@ -134,6 +134,17 @@ def test_a_fan_in_gets_json_and_pickled_parent_results_alike_in_order(queue):
     assert results[with_pickle.id] == [repr([i, {"k": str(i)}]) for i in range(20)] + [repr(Point(1, 2))]
 
 
+def test_auto_injection_reads_the_signature_when_a_job_with_parents_first_needs_it(queue):
+    """A worker reads whether a callable takes parent results only when a job of it has
+    parents: one process runs the root job first, then the same callable with parents."""
+    wf = Workflow("auto later")
+    root = wf.add_job(Job("root", jobs.optional_parent_results))
+    child = wf.add_job(Job("child", jobs.optional_parent_results), depends_on=[root])
+    grandchild = wf.add_job(Job("grandchild", jobs.identity, params={"x": 5}), depends_on=[child])
+    results = wf.run(queue, workers=1)
+    assert (results[root.id], results[child.id], results[grandchild.id]) == ("absent", ["absent"], 5)
+
+
 def test_injection_modes(queue):
     wf = Workflow("modes")
     p1 = wf.add_job(Job("p1", jobs.identity, params={"x": 1}))
