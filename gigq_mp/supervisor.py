@@ -46,7 +46,9 @@ RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never sh
 QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
 QUEUED_SECONDS = 0.02  # ...about this much work per worker process...
 MAX_DEPTH = 128  # ...and at most this many jobs
-CLAIM_AHEAD = 256  # short jobs claimed beyond the free slots, so one commit covers many
+UNTIMED_SECONDS = 1.0  # the run time assumed of a callable none of whose jobs has finished here
+MAX_TIMED_FUNCTIONS = 4096  # callables whose run times are kept
+CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
 PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
@@ -80,6 +82,7 @@ class Attempt:
     peak_mb: float = 0.0
     claim: int = 0  # unique per claim in this supervisor: what RunJob.attempt and replies carry
     succeeded: bool = False  # its success is queued (a Ctrl-C may make its event come again)
+    function_key: str = ""  # its callable (RunJob.function_key): run times are kept per callable
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -148,6 +151,7 @@ class Supervisor:
         self.finished_attempts = 0
         self._next_prune = PRUNE_CHANGES_EVERY  # finished attempts at the next trim of the change log
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
+        self._durations: Dict[str, float] = {}  # function key -> moving average of its jobs' run time
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
@@ -354,8 +358,18 @@ class Supervisor:
     def _depth(self) -> int:
         """Jobs per worker process: several while jobs are short, so no worker waits for
         a round trip and one write carries several jobs; one at a time for long jobs,
-        so none queues behind a long job while another worker idles."""
-        return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(self._mean_duration, 1e-6))))
+        so none queues behind a long job while another worker idles (nor a job of higher
+        priority that becomes ready meanwhile).
+
+        Judged by the slowest callable among the jobs waiting to be sent, by its own run
+        times: one none of whose jobs has finished here yet counts as slow. So when a stage
+        of quick jobs feeds a stage of slower ones, the slower ones are not queued deep on
+        the strength of the quick ones' times."""
+        if not self._buffer:
+            return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(self._mean_duration, 1e-6))))
+        durations = self._durations
+        slowest = max(durations.get(key, UNTIMED_SECONDS) for key in {run.function_key for run in self._buffer})
+        return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(slowest, 1e-6))))
 
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
@@ -414,6 +428,7 @@ class Supervisor:
             bool(row.retry_backoff),  # retry_backoff
             row.max_memory_mb or self.max_memory_mb,  # max_memory_mb
             claim=claim,
+            function_key=key,
         )
         inject = row.pass_parent_results
         return RunJob(
@@ -501,6 +516,10 @@ class Supervisor:
             seconds = self.clock() - attempt.started
         if seconds is not None:
             self._mean_duration += 0.2 * (seconds - self._mean_duration)
+            known = self._durations.get(attempt.function_key)
+            if known is None and len(self._durations) >= MAX_TIMED_FUNCTIONS:
+                self._durations.clear()  # thousands of distinct closures: start over, not grow
+            self._durations[attempt.function_key] = seconds if known is None else known + 0.2 * (seconds - known)
 
     def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
         """Queue the success, then forget the attempt (so a Ctrl-C in between keeps the result)."""

@@ -657,3 +657,57 @@ def test_a_ctrl_c_while_a_failure_is_recorded_keeps_the_job_and_its_children_con
     assert statuses == ("failed", "cancelled"), statuses
     assert [e["status"] for e in queue.get_status(parent)["executions"]] == ["failed"]
     assert supervisor.counts["failed"] == 1
+
+
+class DepthRecorder(HeldJobs):
+    """HeldJobs that notes the depth each batch was sent with."""
+
+    def __init__(self):
+        super().__init__()
+        self.depths = []
+
+    def dispatch(self, runs, depth, pickled):
+        self.depths.append(depth)
+        super().dispatch(runs, depth, pickled)
+
+
+@pytest.mark.timeout(30)
+def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_others_took(queue, make_supervisor):
+    """How many jobs a worker may hold is judged by the slowest callable among those waiting
+    to be sent, by its own run times: a stage of quick jobs that feeds slower ones must not
+    have the slower ones queued deep (a job of higher priority would wait behind them)."""
+    from gigq_mp.messages import JobSucceeded
+    from gigq_mp.supervisor import MAX_DEPTH
+
+    def finish(supervisor, runs, seconds):
+        deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
+
+    executor = DepthRecorder()
+    supervisor = started(make_supervisor(executor=executor))
+    for i in range(4):
+        queue.submit(Job(f"q{i}", jobs.noop))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert executor.depths[-1] == 1  # noop has not been timed yet
+    finish(supervisor, executor.sent, 0.0001)
+
+    for i in range(4):
+        queue.submit(Job(f"more{i}", jobs.noop))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert executor.depths[-1] == MAX_DEPTH  # only quick jobs wait
+    finish(supervisor, executor.sent[-4:], 0.0001)
+
+    for i in range(2):
+        queue.submit(Job(f"quick{i}", jobs.noop))
+        queue.submit(Job(f"slow{i}", jobs.sleep_for, params={"seconds": 0}))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert executor.depths[-1] == 1  # sleep_for has not been timed yet: noop's times do not count for it
+    slow = [r for r in executor.sent[-4:] if r.function_name == "sleep_for"]
+    finish(supervisor, executor.sent[-4:], 0.01)  # each took 10 ms
+
+    queue.submit(Job("slow_again", jobs.sleep_for, params={"seconds": 0}))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert len(slow) == 2 and executor.depths[-1] == 2  # 20 ms of work per worker / 10 ms a job
