@@ -75,19 +75,26 @@ def wants_parent_results(function: Callable) -> bool:
     return any(p.name == "parent_results" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> Any:
-    """Call the job's function with its params (and parent results); return its result.
+def cache_entry(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> list:
+    """The cache entry of the job's callable, touched as the supervisor's mirror of the cache
+    was when it sent the job: for every job taken from the queue, run or skipped, so the two
+    evict alike. A callable missing here arrived in `pickled` with this job's batch; its entry
+    is [callable or None until loaded, whether it takes parent results or None until read,
+    its pickle until loaded]. The pickle stays until a load succeeds: a callable that fails
+    to load fails each of its jobs alike."""
+    entry = functions.get(message.function_key)
+    if entry is None:
+        entry = [None, None, pickled.pop(message.function_key, None)]
+        functions.put(message.function_key, entry)
+    return entry
 
-    The cache is touched in the same order as the supervisor's mirror of it, so a
-    callable missing here always arrived in `pickled` with this job's batch.
-    """
-    loaded = functions.get(message.function_key)
-    if loaded is None:
-        function = load_callable(
-            pickled.pop(message.function_key, None), message.function_module, message.function_name
-        )
-        loaded = [function, None]  # whether it takes parent results: read when first needed
-        functions.put(message.function_key, loaded)
+
+def run_job(message: RunJob, functions: FunctionCache, pickled: Dict[str, bytes]) -> Any:
+    """Call the job's function with its params (and parent results); return its result."""
+    loaded = cache_entry(message, functions, pickled)
+    if loaded[0] is None:
+        loaded[0] = load_callable(loaded[2], message.function_module, message.function_name)
+        loaded[2] = None
     function = loaded[0]
     params = decode_value(message.params_text, message.params_blob) or {}
     inject = message.pass_parent_results
@@ -257,6 +264,7 @@ def serve(
                 # Counted, never shown as started: the pool kills a process that starts a
                 # job it was told to skip (the skip came too late).
                 skip.discard(job.attempt)
+                cache_entry(job, functions, pickled)  # as the supervisor's mirror was touched
                 outbox.add(Unstarted(job.job_id, job.attempt))
             else:
                 if counter is not None:
