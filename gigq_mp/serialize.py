@@ -26,7 +26,7 @@ StoredResult = Tuple[Optional[str], Optional[bytes], Optional[str]]  # text, blo
 SPILL_BYTES = 1 << 20  # pickled results this large go to a file
 _SPILL_MAGIC = b"gigq_mp-result-1\n"
 
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})  # by exact type: a subclass may encode otherwise
+_JSON_SCALARS = (str, int, bool, type(None))  # by exact type (a tuple: a type need not be hashable)
 
 
 def _cloudpickle() -> Any:

@@ -44,6 +44,25 @@ def test_values_of_every_kind_decode_to_what_was_encoded(tmp_path):
     assert decode_value(None, None, None) is None
 
 
+class _EqualityMeta(type):
+    def __eq__(cls, other):  # and so no __hash__: the class cannot go in a set
+        return cls is other
+
+
+class _Unhashable(metaclass=_EqualityMeta):
+    def __eq__(self, other):
+        return isinstance(other, _Unhashable)
+
+
+@pytest.mark.timeout(30)
+def test_a_value_whose_class_cannot_be_hashed_gets_the_error_that_names_its_type():
+    """Not JSON (the check must not hash its class), and cloudpickle cannot take it either."""
+    from gigq_mp.errors import SerializationError
+
+    with pytest.raises(SerializationError, match="result of type dict cannot be serialized"):
+        encode_result({"a": [_Unhashable()], "b": 1}, None)
+
+
 @pytest.mark.timeout(30)
 def test_lists_of_job_ids_encode_as_json_dumps_does_and_decode_back():
     class Id(str):
