@@ -365,11 +365,21 @@ class Supervisor:
         times: one none of whose jobs has finished here yet counts as slow. So when a stage
         of quick jobs feeds a stage of slower ones, the slower ones are not queued deep on
         the strength of the quick ones' times."""
+        return _depth_for(self._slowest_waiting())
+
+    def _slowest_waiting(self) -> float:
+        """Seconds a job of the slowest callable waiting to be sent takes, by that callable's
+        own run times (UNTIMED_SECONDS for one never timed here); with none waiting, the
+        moving average of all jobs."""
         if not self._buffer:
-            return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(self._mean_duration, 1e-6))))
+            return self._mean_duration
         durations = self._durations
-        slowest = max(durations.get(key, UNTIMED_SECONDS) for key in {run.function_key for run in self._buffer})
-        return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(slowest, 1e-6))))
+        return max(durations.get(key, UNTIMED_SECONDS) for key in {run.function_key for run in self._buffer})
+
+    def _claim_ahead(self, slowest: float) -> int:
+        """Short jobs are claimed this many beyond the free slots, so one commit covers many;
+        none while another supervisor shares the database (it would be starved)."""
+        return CLAIM_AHEAD if slowest < QUICK_JOB_SECONDS and not self._peers else 0
 
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
@@ -377,12 +387,11 @@ class Supervisor:
         Short jobs are claimed a handful ahead, so one commit covers several of them;
         long jobs are claimed only for free slots, so priorities hold exactly.
         """
-        slots = self._ensure_executor().free_slots(self._depth())
+        executor = self._ensure_executor()
+        slots = executor.free_slots(self._depth())
         if len(self._buffer) >= slots:
             return False
-        # Claiming ahead would starve other supervisors of the same database.
-        ahead = CLAIM_AHEAD if self._mean_duration < QUICK_JOB_SECONDS and not self._peers else 0
-        want = slots + ahead - len(self._buffer)
+        want = slots + self._claim_ahead(self._slowest_waiting()) - len(self._buffer)
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
@@ -405,6 +414,14 @@ class Supervisor:
                 if row.id not in self.running:
                     self.store.release_unstarted(ref)
             raise
+        # They were claimed on the strength of the jobs before them. If they are slower, or of
+        # a callable not timed yet, keep only what may be sent now and give the rest back to
+        # the ready jobs: one of higher priority that becomes ready must not wait behind them.
+        slowest = self._slowest_waiting()
+        keep = executor.free_slots(_depth_for(slowest)) + self._claim_ahead(slowest)
+        while len(self._buffer) > keep:
+            run = self._buffer.pop()  # the last claimed: the lowest in priority
+            self._handle(Unstarted(run.job_id, run.attempt))
         return bool(claimed)
 
     def _prepare(self, row: Claimed, ref: AttemptRef, parents: List[str], kept: dict, stored: dict) -> RunJob:
@@ -709,6 +726,11 @@ class Supervisor:
         if self._stopping is not None:
             self._stopping.shutdown()
             self._stopping = None
+
+
+def _depth_for(seconds: float) -> int:
+    """Jobs a worker process may hold when each takes `seconds`: QUEUED_SECONDS of work."""
+    return max(1, min(MAX_DEPTH, int(QUEUED_SECONDS / max(seconds, 1e-6))))
 
 
 def _parent_results(parents: List[str], kept: dict, stored: dict) -> Union[tuple, PackedResults]:

@@ -25,6 +25,16 @@ def quick_jobs(wf, count, priority, tag):
     return [wf.add_job(Job(f"{tag}{i}", jobs.add, params={"a": i, "b": 1}, priority=priority)) for i in range(count)]
 
 
+@pytest.fixture
+def untimed_is_quick(monkeypatch):
+    """For tests of a job queued in a worker behind short ones: a callable not timed yet
+    counts as quick, so its first job is sent ahead with them (the supervisor otherwise
+    sends it alone, to a worker with nothing queued, until one of its jobs has finished)."""
+    from gigq_mp import supervisor
+
+    monkeypatch.setattr(supervisor, "UNTIMED_SECONDS", 0.0)
+
+
 def completed_at(queue, job):
     return datetime.fromisoformat(queue.get_status(job.id)["completed_at"])
 
@@ -44,7 +54,7 @@ def run_expecting_one_failure(wf, queue, job, status, within):
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(queue):
+def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(untimed_is_quick, queue):
     wf = Workflow("hang behind quick jobs")
     before = quick_jobs(wf, QUICK, priority=10, tag="before")
     hang = wf.add_job(Job("hang", jobs.sleep_for, params={"seconds": 60}, timeout=1, max_attempts=1, priority=5))
@@ -61,7 +71,7 @@ def test_a_job_queued_behind_short_ones_is_killed_at_its_own_timeout(queue):
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_replies_held_back_while_a_long_job_runs_still_arrive(queue):
+def test_replies_held_back_while_a_long_job_runs_still_arrive(untimed_is_quick, queue):
     wf = Workflow("quick then slow")
     before = quick_jobs(wf, QUICK, priority=10, tag="before")
     slow = wf.add_job(Job("slow", jobs.sleep_for, params={"seconds": 3}, priority=5))
@@ -73,7 +83,7 @@ def test_replies_held_back_while_a_long_job_runs_still_arrive(queue):
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_crash_behind_short_jobs_fails_only_the_job_that_crashed(queue):
+def test_a_crash_behind_short_jobs_fails_only_the_job_that_crashed(untimed_is_quick, queue):
     wf = Workflow("crash behind quick jobs")
     before = quick_jobs(wf, QUICK, priority=10, tag="before")
     crash = wf.add_job(Job("crash", jobs.os_exit, params={"code": 3}, max_attempts=1, priority=5))
@@ -90,7 +100,7 @@ def test_a_crash_behind_short_jobs_fails_only_the_job_that_crashed(queue):
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(queue):
+def test_a_job_holding_the_gil_behind_short_jobs_is_timed_from_its_own_start(untimed_is_quick, queue):
     """The thread that sends held-back replies cannot run while the job holds the GIL; the
     start counter still tells the pool which job runs, so the right one is killed."""
     wf = Workflow("GIL holder behind quick jobs")
@@ -177,7 +187,7 @@ def test_a_job_is_timed_from_its_start_not_from_when_it_was_sent(queue):
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_job_cancelled_while_it_waits_in_a_workers_queue_never_runs(queue, db_path, tmp_path):
+def test_a_job_cancelled_while_it_waits_in_a_workers_queue_never_runs(untimed_is_quick, queue, db_path, tmp_path):
     from gigq_mp import JobQueue
 
     log = str(tmp_path / "log")
@@ -711,3 +721,73 @@ def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_ot
     catch_up(supervisor)
     claim_all(supervisor)
     assert len(slow) == 2 and executor.depths[-1] == 2  # 20 ms of work per worker / 10 ms a job
+
+
+class TwoWorkers(HeldJobs):
+    """Two workers that hold what they are sent, with room as LocalPool computes it; a test
+    takes a job out of one (`done`) to free its place."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = [[], []]
+
+    @staticmethod
+    def _room(held, depth):
+        return 0 if len(held) > depth // 2 else max(0, depth - len(held))
+
+    def free_slots(self, depth):
+        return sum(self._room(held, depth) for held in self.held)
+
+    def dispatch(self, runs, depth, pickled):
+        for run in runs:
+            held = max(self.held, key=lambda h: self._room(h, depth))
+            assert self._room(held, depth) > 0
+            held.append(run)
+        super().dispatch(runs, depth, pickled)
+
+    def done(self, run):
+        for held in self.held:
+            if run in held:
+                held.remove(run)
+
+
+@pytest.mark.timeout(60)
+def test_jobs_of_a_callable_not_timed_yet_are_not_claimed_beyond_what_can_be_sent(queue, other, make_supervisor):
+    """After a stage of quick jobs, the next stage's jobs (a callable not timed yet) are
+    claimed on the strength of the quick ones' times; those that cannot be sent now go back
+    to pending, uncounted, so a job of higher priority that becomes ready takes the first
+    free place."""
+    from gigq_mp.messages import JobSucceeded
+
+    def finish(supervisor, pool, runs, seconds):
+        for run in runs:
+            pool.done(run)
+        deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
+
+    pool = TwoWorkers()
+    supervisor = started(make_supervisor(executor=pool))
+    for i in range(60):
+        queue.submit(Job(f"quick{i}", jobs.noop))
+    catch_up(supervisor)
+    while supervisor.scheduler.ready_count(supervisor.clock()) or supervisor.running:
+        before = len(pool.sent)
+        claim_all(supervisor)
+        finish(supervisor, pool, pool.sent[before:], 0.0001)
+    assert supervisor._depth() > 8  # quick jobs: many per worker
+
+    slow = [queue.submit(Job(f"slow{i}", jobs.sleep_for, params={"seconds": 0})) for i in range(100)]
+    catch_up(supervisor)
+    before = len(pool.sent)
+    claim_all(supervisor)
+    sent = pool.sent[before:]
+    assert len(sent) == 2 and not supervisor._buffer  # one per worker; nothing claimed waits
+    assert other.stats()["running"] == 2
+    released = next(s for s in slow if s not in {r.job_id for r in sent})
+    assert (other.get_status(released)["status"], other.get_status(released)["attempts"]) == ("pending", 0)
+
+    urgent = queue.submit(Job("urgent", jobs.noop, priority=10))
+    catch_up(supervisor)
+    finish(supervisor, pool, sent[:1], 0.01)  # a place frees: the urgent job takes the first one
+    before = len(pool.sent)
+    claim_all(supervisor)
+    assert pool.sent[before].job_id == urgent
