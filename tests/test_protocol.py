@@ -669,6 +669,16 @@ def test_a_ctrl_c_while_a_failure_is_recorded_keeps_the_job_and_its_children_con
     assert supervisor.counts["failed"] == 1
 
 
+def finish(supervisor, runs, seconds):
+    """Deliver a success for each of `runs`, each having run `seconds` (as a worker measures);
+    an executor that holds what it is sent (TwoWorkers) frees their places first."""
+    from gigq_mp.messages import JobSucceeded
+
+    for run in runs:
+        getattr(supervisor.executor, "done", lambda run: None)(run)
+    deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
+
+
 class DepthRecorder(HeldJobs):
     """HeldJobs that notes the depth each batch was sent with."""
 
@@ -686,11 +696,7 @@ def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_ot
     """How many jobs a worker may hold is judged by the slowest callable among those waiting
     to be sent, by its own run times: a stage of quick jobs that feeds slower ones must not
     have the slower ones queued deep (a job of higher priority would wait behind them)."""
-    from gigq_mp.messages import JobSucceeded
     from gigq_mp.supervisor import MAX_DEPTH
-
-    def finish(supervisor, runs, seconds):
-        deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
 
     executor = DepthRecorder()
     supervisor = started(make_supervisor(executor=executor))
@@ -757,13 +763,6 @@ def test_jobs_of_a_callable_not_timed_yet_are_not_claimed_beyond_what_can_be_sen
     claimed on the strength of the quick ones' times; those that cannot be sent now go back
     to pending, uncounted, so a job of higher priority that becomes ready takes the first
     free place."""
-    from gigq_mp.messages import JobSucceeded
-
-    def finish(supervisor, pool, runs, seconds):
-        for run in runs:
-            pool.done(run)
-        deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
-
     pool = TwoWorkers()
     supervisor = started(make_supervisor(executor=pool))
     for i in range(60):
@@ -772,7 +771,7 @@ def test_jobs_of_a_callable_not_timed_yet_are_not_claimed_beyond_what_can_be_sen
     while supervisor.scheduler.ready_count(supervisor.clock()) or supervisor.running:
         before = len(pool.sent)
         claim_all(supervisor)
-        finish(supervisor, pool, pool.sent[before:], 0.0001)
+        finish(supervisor, pool.sent[before:], 0.0001)
     assert supervisor._depth() > 8  # quick jobs: many per worker
 
     slow = [queue.submit(Job(f"slow{i}", jobs.sleep_for, params={"seconds": 0})) for i in range(100)]
@@ -787,7 +786,7 @@ def test_jobs_of_a_callable_not_timed_yet_are_not_claimed_beyond_what_can_be_sen
 
     urgent = queue.submit(Job("urgent", jobs.noop, priority=10))
     catch_up(supervisor)
-    finish(supervisor, pool, sent[:1], 0.01)  # a place frees: the urgent job takes the first one
+    finish(supervisor, sent[:1], 0.01)  # a place frees: the urgent job takes the first one
     before = len(pool.sent)
     claim_all(supervisor)
     assert pool.sent[before].job_id == urgent
