@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Optional, Set
 
@@ -25,6 +26,7 @@ from .serialize import decode_value, encode_result, load_callable, loads_json
 from .wire import Pipe, StartCounter
 
 FUNCTION_CACHE_SIZE = 64
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08  # code flags: *args, **kwargs (inspect.CO_VARARGS, ...)
 ORPHAN_CHECK_SECONDS = 0.25
 REPLY_WINDOW = 0.002  # seconds a reply may wait for others between jobs...
 REPLY_LATE = 0.01  # ...and at most, while a job runs
@@ -65,8 +67,18 @@ def in_worker_process() -> bool:
 
 
 def wants_parent_results(function: Callable) -> bool:
-    """Auto mode: inject when the callable takes `parent_results` or `**kwargs`."""
-    import inspect  # on first need: a pool whose jobs have no parents starts without it (5 ms)
+    """Auto mode: inject when the callable takes `parent_results` or `**kwargs`.
+
+    A plain function is read from its code object, as inspect.signature would read it, so
+    a worker process need not import inspect (5-10 ms of its first job that has parents);
+    anything else (a wrapped or partial function, a method, a class) goes to inspect."""
+    if type(function) is types.FunctionType and not hasattr(function, "__wrapped__"):
+        if not hasattr(function, "__signature__"):
+            code = function.__code__
+            flags = code.co_flags
+            named = code.co_argcount + code.co_kwonlyargcount + bool(flags & _CO_VARARGS) + bool(flags & _CO_VARKEYWORDS)
+            return bool(flags & _CO_VARKEYWORDS) or "parent_results" in code.co_varnames[:named]
+    import inspect
 
     try:
         parameters = inspect.signature(function).parameters.values()

@@ -369,12 +369,18 @@ class Supervisor:
 
     def _slowest_waiting(self) -> float:
         """Seconds a job of the slowest callable waiting to be sent takes, by that callable's
-        own run times (UNTIMED_SECONDS for one never timed here); with none waiting, the
+        own run times (UNTIMED_SECONDS for one never timed here). With none waiting, the
+        slowest of those running, as the likeliest to come next (a claim sized on it that
+        proves too large is cut back at once, see _claim); with none running either, the
         moving average of all jobs."""
-        if not self._buffer:
-            return self._mean_duration
         durations = self._durations
-        return max(durations.get(key, UNTIMED_SECONDS) for key in {run.function_key for run in self._buffer})
+        if self._buffer:
+            keys = {run.function_key for run in self._buffer}
+        else:
+            keys = {attempt.function_key for attempt in self.running.values()}
+            if not keys:
+                return self._mean_duration
+        return max(durations.get(key, UNTIMED_SECONDS) for key in keys)
 
     def _claim_ahead(self, slowest: float) -> int:
         """Short jobs are claimed this many beyond the free slots, so one commit covers many;

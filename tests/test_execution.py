@@ -145,6 +145,54 @@ def test_auto_injection_reads_the_signature_when_a_job_with_parents_first_needs_
     assert (results[root.id], results[child.id], results[grandchild.id]) == ("absent", ["absent"], 5)
 
 
+def _takes_parent_results_per_inspect(function):
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "parent_results" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def test_auto_injection_reads_a_plain_function_as_inspect_signature_does():
+    """A worker reads a plain function's parameters from its code object (not importing
+    inspect); it must decide as inspect.signature would, for every kind of callable."""
+    import functools
+    import inspect
+
+    from gigq_mp.runner import wants_parent_results
+
+    def keyword(x, parent_results=None): ...
+    def keyword_only(x, *, parent_results): ...
+    def star(*parent_results): ...
+    def positional_only(parent_results, /, x): ...
+    def kwargs(x, *args, y=1, **kw): ...
+    def local_of_that_name(x, *args, y=1):
+        parent_results = x
+        return parent_results
+
+    @functools.wraps(keyword)
+    def wraps_one_that_takes_it(*a, **k): ...
+
+    @functools.wraps(local_of_that_name)
+    def wraps_one_that_does_not(*a, **k): ...
+
+    def declared(x): ...
+    declared.__signature__ = inspect.Signature([inspect.Parameter("parent_results", inspect.Parameter.KEYWORD_ONLY)])
+
+    class Callable:
+        def method(self, parent_results): ...
+        def __call__(self, x): ...
+
+    callables = [jobs.plain, keyword, keyword_only, star, positional_only, kwargs, local_of_that_name,
+                 lambda parent_results: 1, wraps_one_that_takes_it, wraps_one_that_does_not, declared,
+                 Callable().method, Callable, Callable(), functools.partial(keyword, 1), len]
+    for function in callables:
+        assert wants_parent_results(function) == _takes_parent_results_per_inspect(function), function
+    assert [wants_parent_results(f) for f in callables[:8]] == [False, True, True, True, True, True, False, True]
+
+
 def test_injection_modes(queue):
     wf = Workflow("modes")
     p1 = wf.add_job(Job("p1", jobs.identity, params={"x": 1}))
