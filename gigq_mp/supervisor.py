@@ -82,7 +82,9 @@ class Attempt:
     peak_mb: float = 0.0
     claim: int = 0  # unique per claim in this supervisor: what RunJob.attempt and replies carry
     succeeded: bool = False  # its success is queued (a Ctrl-C may make its event come again)
-    function_key: str = ""  # its callable (RunJob.function_key): run times are kept per callable
+    # What its run time counts for: its callable's module and qualified name. By name, not by
+    # pickle: closures of one function (a lambda made in a loop) share their timing.
+    timed_as: Tuple[str, str] = ("", "")
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -151,7 +153,7 @@ class Supervisor:
         self.finished_attempts = 0
         self._next_prune = PRUNE_CHANGES_EVERY  # finished attempts at the next trim of the change log
         self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
-        self._durations: Dict[str, float] = {}  # function key -> moving average of its jobs' run time
+        self._durations: Dict[Tuple[str, str], float] = {}  # (module, name) of a callable -> moving average of its run time
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
@@ -375,9 +377,9 @@ class Supervisor:
         moving average of all jobs."""
         durations = self._durations
         if self._buffer:
-            keys = {run.function_key for run in self._buffer}
+            keys = {(run.function_module, run.function_name) for run in self._buffer}
         else:
-            keys = {attempt.function_key for attempt in self.running.values()}
+            keys = {attempt.timed_as for attempt in self.running.values()}
             if not keys:
                 return self._mean_duration
         return max(durations.get(key, UNTIMED_SECONDS) for key in keys)
@@ -451,7 +453,7 @@ class Supervisor:
             bool(row.retry_backoff),  # retry_backoff
             row.max_memory_mb or self.max_memory_mb,  # max_memory_mb
             claim=claim,
-            function_key=key,
+            timed_as=(row.function_module, row.function_name),
         )
         inject = row.pass_parent_results
         return RunJob(
@@ -539,10 +541,10 @@ class Supervisor:
             seconds = self.clock() - attempt.started
         if seconds is not None:
             self._mean_duration += 0.2 * (seconds - self._mean_duration)
-            known = self._durations.get(attempt.function_key)
+            known = self._durations.get(attempt.timed_as)
             if known is None and len(self._durations) >= MAX_TIMED_FUNCTIONS:
-                self._durations.clear()  # thousands of distinct closures: start over, not grow
-            self._durations[attempt.function_key] = seconds if known is None else known + 0.2 * (seconds - known)
+                self._durations.clear()  # thousands of distinct functions: start over, not grow
+            self._durations[attempt.timed_as] = seconds if known is None else known + 0.2 * (seconds - known)
 
     def _succeeded(self, attempt: Attempt, event: JobSucceeded) -> None:
         """Queue the success, then forget the attempt (so a Ctrl-C in between keeps the result)."""

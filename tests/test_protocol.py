@@ -691,6 +691,27 @@ class DepthRecorder(HeldJobs):
         super().dispatch(runs, depth, pickled)
 
 
+@pytest.mark.timeout(60)
+def test_closures_of_one_function_share_its_run_times(queue, make_supervisor):
+    """Run times are kept by the callable's module and name, not by its pickle: a workflow
+    of lambdas made in a loop (each pickled apart) is sent as deep as its jobs are quick."""
+    from gigq_mp.supervisor import MAX_DEPTH
+
+    executor = DepthRecorder()
+    supervisor = started(make_supervisor(executor=executor))
+    for i in range(4):
+        queue.submit(Job(f"c{i}", (lambda k: (lambda: k))(i)))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert executor.depths[-1] == 1 and len({run.function_key for run in executor.sent}) == 4
+    finish(supervisor, executor.sent, 0.0001)
+    for i in range(4, 8):
+        queue.submit(Job(f"c{i}", (lambda k: (lambda: k))(i)))
+    catch_up(supervisor)
+    claim_all(supervisor)
+    assert executor.depths[-1] == MAX_DEPTH
+
+
 @pytest.mark.timeout(30)
 def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_others_took(queue, make_supervisor):
     """How many jobs a worker may hold is judged by the slowest callable among those waiting
