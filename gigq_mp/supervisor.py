@@ -371,18 +371,18 @@ class Supervisor:
 
     def _slowest_waiting(self) -> float:
         """Seconds a job of the slowest callable waiting to be sent takes, by that callable's
-        own run times (UNTIMED_SECONDS for one never timed here). With none waiting, the
-        slowest of those running, as the likeliest to come next (a claim sized on it that
-        proves too large is cut back at once, see _claim); with none running either, the
-        moving average of all jobs."""
+        own run times (UNTIMED_SECONDS for one never timed here); with none waiting (a claim
+        is being sized), the moving average of all jobs.
+
+        Claims are not sized by the callables running: the slowest of them would throttle a
+        stream of quick jobs while one long job runs, and the fastest would claim far more
+        than a slower stage can take. Sizing a claim by the callables of the ready jobs
+        themselves (the tracker would have to keep them) is what would hold priorities
+        exactly at a stage change; until then jobs claimed there wait in the buffer."""
+        if not self._buffer:
+            return self._mean_duration
         durations = self._durations
-        if self._buffer:
-            keys = {(run.function_module, run.function_name) for run in self._buffer}
-        else:
-            keys = {attempt.timed_as for attempt in self.running.values()}
-            if not keys:
-                return self._mean_duration
-        return max(durations.get(key, UNTIMED_SECONDS) for key in keys)
+        return max(durations.get(key, UNTIMED_SECONDS) for key in {(r.function_module, r.function_name) for r in self._buffer})
 
     def _claim_ahead(self, slowest: float) -> int:
         """Short jobs are claimed this many beyond the free slots, so one commit covers many;
@@ -422,14 +422,6 @@ class Supervisor:
                 if row.id not in self.running:
                     self.store.release_unstarted(ref)
             raise
-        # They were claimed on the strength of the jobs before them. If they are slower, or of
-        # a callable not timed yet, keep only what may be sent now and give the rest back to
-        # the ready jobs: one of higher priority that becomes ready must not wait behind them.
-        slowest = self._slowest_waiting()
-        keep = executor.free_slots(_depth_for(slowest)) + self._claim_ahead(slowest)
-        while len(self._buffer) > keep:
-            run = self._buffer.pop()  # the last claimed: the lowest in priority
-            self._handle(Unstarted(run.job_id, run.attempt))
         return bool(claimed)
 
     def _prepare(self, row: Claimed, ref: AttemptRef, parents: List[str], kept: dict, stored: dict) -> RunJob:

@@ -670,12 +670,9 @@ def test_a_ctrl_c_while_a_failure_is_recorded_keeps_the_job_and_its_children_con
 
 
 def finish(supervisor, runs, seconds):
-    """Deliver a success for each of `runs`, each having run `seconds` (as a worker measures);
-    an executor that holds what it is sent (TwoWorkers) frees their places first."""
+    """Deliver a success for each of `runs`, each having run `seconds` (as a worker measures)."""
     from gigq_mp.messages import JobSucceeded
 
-    for run in runs:
-        getattr(supervisor.executor, "done", lambda run: None)(run)
     deliver(supervisor, *[JobSucceeded(r.job_id, r.attempt, "null", None, None, "", "", seconds, 1) for r in runs])
 
 
@@ -748,66 +745,3 @@ def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_ot
     catch_up(supervisor)
     claim_all(supervisor)
     assert len(slow) == 2 and executor.depths[-1] == 2  # 20 ms of work per worker / 10 ms a job
-
-
-class TwoWorkers(HeldJobs):
-    """Two workers that hold what they are sent, with room as LocalPool computes it; a test
-    takes a job out of one (`done`) to free its place."""
-
-    def __init__(self):
-        super().__init__()
-        self.held = [[], []]
-
-    @staticmethod
-    def _room(held, depth):
-        return 0 if len(held) > depth // 2 else max(0, depth - len(held))
-
-    def free_slots(self, depth):
-        return sum(self._room(held, depth) for held in self.held)
-
-    def dispatch(self, runs, depth, pickled):
-        for run in runs:
-            held = max(self.held, key=lambda h: self._room(h, depth))
-            assert self._room(held, depth) > 0
-            held.append(run)
-        super().dispatch(runs, depth, pickled)
-
-    def done(self, run):
-        for held in self.held:
-            if run in held:
-                held.remove(run)
-
-
-@pytest.mark.timeout(60)
-def test_jobs_of_a_callable_not_timed_yet_are_not_claimed_beyond_what_can_be_sent(queue, other, make_supervisor):
-    """After a stage of quick jobs, the next stage's jobs (a callable not timed yet) are
-    claimed on the strength of the quick ones' times; those that cannot be sent now go back
-    to pending, uncounted, so a job of higher priority that becomes ready takes the first
-    free place."""
-    pool = TwoWorkers()
-    supervisor = started(make_supervisor(executor=pool))
-    for i in range(60):
-        queue.submit(Job(f"quick{i}", jobs.noop))
-    catch_up(supervisor)
-    while supervisor.scheduler.ready_count(supervisor.clock()) or supervisor.running:
-        before = len(pool.sent)
-        claim_all(supervisor)
-        finish(supervisor, pool.sent[before:], 0.0001)
-    assert supervisor._depth() > 8  # quick jobs: many per worker
-
-    slow = [queue.submit(Job(f"slow{i}", jobs.sleep_for, params={"seconds": 0})) for i in range(100)]
-    catch_up(supervisor)
-    before = len(pool.sent)
-    claim_all(supervisor)
-    sent = pool.sent[before:]
-    assert len(sent) == 2 and not supervisor._buffer  # one per worker; nothing claimed waits
-    assert other.stats()["running"] == 2
-    released = next(s for s in slow if s not in {r.job_id for r in sent})
-    assert (other.get_status(released)["status"], other.get_status(released)["attempts"]) == ("pending", 0)
-
-    urgent = queue.submit(Job("urgent", jobs.noop, priority=10))
-    catch_up(supervisor)
-    finish(supervisor, sent[:1], 0.01)  # a place frees: the urgent job takes the first one
-    before = len(pool.sent)
-    claim_all(supervisor)
-    assert pool.sent[before].job_id == urgent
