@@ -33,9 +33,9 @@ REPLY_LATE = 0.01  # ...and at most, while a job runs
 
 
 class FunctionCache:
-    """A bounded LRU of loaded callables by key (in a worker process: the callable and
-    whether it takes parent results). The supervisor keeps a mirror of each worker's
-    cache with the same rule, so it knows when to send a callable again."""
+    """A bounded LRU of callables by key (in a worker process: the entries of cache_entry).
+    The supervisor keeps a mirror of each worker's cache with the same rule, so it knows
+    when to send a callable again."""
 
     def __init__(self, capacity: int = FUNCTION_CACHE_SIZE):
         self.capacity = capacity

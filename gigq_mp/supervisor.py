@@ -395,11 +395,11 @@ class Supervisor:
         Short jobs are claimed a handful ahead, so one commit covers several of them;
         long jobs are claimed only for free slots, so priorities hold exactly.
         """
-        executor = self._ensure_executor()
-        slots = executor.free_slots(self._depth())
+        slowest = self._slowest_waiting()  # read once: it walks the buffer
+        slots = self._ensure_executor().free_slots(_depth_for(slowest))
         if len(self._buffer) >= slots:
             return False
-        want = slots + self._claim_ahead(self._slowest_waiting()) - len(self._buffer)
+        want = slots + self._claim_ahead(slowest) - len(self._buffer)
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
