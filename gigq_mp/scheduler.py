@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime
-from typing import Dict, KeysView, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, KeysView, List, Optional, Sequence, Set, Tuple
 
 OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
@@ -35,14 +35,15 @@ class _Tracked:
     parent reaches them without looking them up; a record discarded (or replaced by a new
     add) leaves its state DROPPED, and lists that still hold it skip it."""
 
-    __slots__ = ("job_id", "state", "key", "waiting", "entry")
+    __slots__ = ("job_id", "state", "key", "waiting", "entry", "kind")
 
-    def __init__(self, job_id: str, state: str, key: OrderKey, waiting: int) -> None:
+    def __init__(self, job_id: str, state: str, key: OrderKey, waiting: int, kind: Hashable) -> None:
         self.job_id = job_id
         self.state = state
         self.key = key
         self.waiting = waiting  # parents not yet completed (while WAITING)
         self.entry: Optional[tuple] = None  # its live entry in the ready or delayed heap
+        self.kind = kind  # what the supervisor judges its run time by (its callable)
 
 
 class Scheduler:
@@ -77,17 +78,23 @@ class Scheduler:
         return self._jobs.keys()
 
     def add(
-        self, job_id: str, key: OrderKey, unfinished_parents: Sequence[str], eligible_at: Optional[float] = None
+        self,
+        job_id: str,
+        key: OrderKey,
+        unfinished_parents: Sequence[str],
+        eligible_at: Optional[float] = None,
+        kind: Hashable = None,
     ) -> None:
-        """Track a pending job; it becomes ready once every listed parent has completed."""
+        """Track a pending job; it becomes ready once every listed parent has completed.
+        `kind` is handed back to pop_ready's `cap` (the supervisor passes its callable)."""
         if job_id in self._jobs:
             self.discard(job_id)  # tracked anew: what its old record waited for no longer counts
         if not unfinished_parents:
-            job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, 0)
+            job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, 0, kind)
             self._release(job, eligible_at)
             return
         parents = set(unfinished_parents) if len(unfinished_parents) > 1 else unfinished_parents
-        job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, len(parents))
+        job = self._jobs[job_id] = _Tracked(job_id, WAITING, key, len(parents), kind)
         children = self._children
         for parent in parents:
             waiting = children.get(parent)
@@ -132,23 +139,40 @@ class Scheduler:
         """Parents that waiting jobs (may) wait on but this scheduler does not track."""
         return {parent for parent in self._children if parent not in self._jobs}
 
-    def pop_ready(self, now: float, limit: int) -> List[str]:
-        """Up to `limit` ready jobs in priority order; they are marked running."""
+    def pop_ready(self, now: float, limit: int, cap: Optional[Callable[[Any], int]] = None) -> List[str]:
+        """Up to `limit` ready jobs in priority order; they are marked running.
+
+        With `cap`, a job is taken only if the jobs taken, it included, number at most
+        cap(kind) for the kind of each of them: jobs of a slow kind make a small batch. The
+        first job that does not fit ends the batch (the ones after it wait too, so the
+        order holds)."""
         jobs = self._jobs
+        ready = self._ready
         while self._delayed and self._delayed[0][0] <= now:
             entry = heapq.heappop(self._delayed)
             job = jobs.get(entry[2])
             if job is not None and job.entry is entry:
                 self._release(job, None)
         taken: List[str] = []
-        while self._ready and len(taken) < limit:
-            entry = heapq.heappop(self._ready)
+        caps: Dict[Any, int] = {}
+        while ready and len(taken) < limit:
+            entry = ready[0]
             job = jobs.get(entry[3])
-            if job is not None and job.entry is entry:
-                job.state = RUNNING
-                job.entry = None
-                self._n_ready -= 1
-                taken.append(job.job_id)
+            if job is None or job.entry is not entry:
+                heapq.heappop(ready)  # stale: the job left this state since
+                continue
+            if cap is not None:
+                most = caps.get(job.kind)
+                if most is None:
+                    most = caps[job.kind] = cap(job.kind)
+                if len(taken) >= most:
+                    break
+                limit = min(limit, most)
+            heapq.heappop(ready)
+            job.state = RUNNING
+            job.entry = None
+            self._n_ready -= 1
+            taken.append(job.job_id)
         return taken
 
     def next_eligible_at(self) -> Optional[float]:

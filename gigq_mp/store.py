@@ -42,7 +42,7 @@ _EXECUTIONS_OF = """(
     UNION ALL SELECT rowid FROM job_executions WHERE job_seq IS NULL AND job_id = :id)"""
 
 # What the scheduler needs to know of a job it may track.
-_STATE_FIELDS = "id, status, priority, created_at, rowid AS seq, retry_after, dependencies"
+_STATE_FIELDS = "id, status, priority, created_at, rowid AS seq, retry_after, dependencies, function_module, function_name"
 
 _DESCENDANTS = """
 WITH RECURSIVE down(id) AS (

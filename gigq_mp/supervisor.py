@@ -152,7 +152,6 @@ class Supervisor:
         self._targets = frozenset(targets or ())
         self.finished_attempts = 0
         self._next_prune = PRUNE_CHANGES_EVERY  # finished attempts at the next trim of the change log
-        self._mean_duration = 1.0  # seconds, a moving average; starts pessimistic
         self._durations: Dict[Tuple[str, str], float] = {}  # (module, name) of a callable -> moving average of its run time
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
@@ -369,20 +368,16 @@ class Supervisor:
         the strength of the quick ones' times."""
         return _depth_for(self._slowest_waiting())
 
-    def _slowest_waiting(self) -> float:
-        """Seconds a job of the slowest callable waiting to be sent takes, by that callable's
-        own run times (UNTIMED_SECONDS for one never timed here); with none waiting (a claim
-        is being sized), the moving average of all jobs.
+    def _seconds(self, callable_key: Tuple[str, str]) -> float:
+        """What a job of this callable takes, by its own run times here (UNTIMED_SECONDS for
+        one none of whose jobs has finished here yet)."""
+        return self._durations.get(callable_key, UNTIMED_SECONDS)
 
-        Claims are not sized by the callables running: the slowest of them would throttle a
-        stream of quick jobs while one long job runs, and the fastest would claim far more
-        than a slower stage can take. Sizing a claim by the callables of the ready jobs
-        themselves (the tracker would have to keep them) is what would hold priorities
-        exactly at a stage change; until then jobs claimed there wait in the buffer."""
+    def _slowest_waiting(self) -> float:
+        """Seconds a job of the slowest callable waiting to be sent takes (0 with none)."""
         if not self._buffer:
-            return self._mean_duration
-        durations = self._durations
-        return max(durations.get(key, UNTIMED_SECONDS) for key in {(r.function_module, r.function_name) for r in self._buffer})
+            return 0.0
+        return max(map(self._seconds, {(r.function_module, r.function_name) for r in self._buffer}))
 
     def _claim_ahead(self, slowest: float) -> int:
         """Short jobs are claimed this many beyond the free slots, so one commit covers many;
@@ -392,19 +387,25 @@ class Supervisor:
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
 
-        Short jobs are claimed a handful ahead, so one commit covers several of them;
-        long jobs are claimed only for free slots, so priorities hold exactly.
+        A claim takes what the free slots hold at the depth its own slowest job (or the
+        slowest job already waiting in the buffer) allows: quick jobs many at a time, and a
+        handful ahead, so one commit covers several; long jobs only for free slots, so a
+        job of higher priority that becomes ready meanwhile waits for no claimed job.
         """
-        slowest = self._slowest_waiting()  # read once: it walks the buffer
-        slots = self._ensure_executor().free_slots(_depth_for(slowest))
-        if len(self._buffer) >= slots:
-            return False
-        want = slots + self._claim_ahead(slowest) - len(self._buffer)
+        executor = self._ensure_executor()
+        buffered = self._slowest_waiting()  # read once: it walks the buffer
+        waiting = len(self._buffer)
+
+        def most(seconds: float) -> int:
+            return executor.free_slots(_depth_for(seconds)) + self._claim_ahead(seconds) - waiting
+
+        want = most(buffered)  # the most any claim may take: one of quick jobs
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
             return False
-        job_ids = self.scheduler.pop_ready(now, want)
+        seconds = self._seconds
+        job_ids = self.scheduler.pop_ready(now, want, lambda key: most(max(seconds(key), buffered)))
         if not job_ids:
             return False
         claimed = self.store.claim([(j, self.scheduler.sequence(j)) for j in job_ids], self.worker_id)
@@ -532,7 +533,6 @@ class Supervisor:
         if seconds is None and attempt.started is not None:
             seconds = self.clock() - attempt.started
         if seconds is not None:
-            self._mean_duration += 0.2 * (seconds - self._mean_duration)
             known = self._durations.get(attempt.timed_as)
             if known is None and len(self._durations) >= MAX_TIMED_FUNCTIONS:
                 self._durations.clear()  # thousands of distinct functions: start over, not grow

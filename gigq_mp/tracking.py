@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import sys
 from datetime import datetime
-from typing import Callable, Collection, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 from .log import get_logger
 from .memory import freeze_long_lived, paused_gc, release_memory
@@ -38,18 +38,12 @@ def decode_ids(text: Optional[str], keep: bool = True) -> List[str]:
     return [sys.intern(i) for i in loads_json(text)] if keep else loads_json(text)
 
 
-# A pending job as the tracker hands it to the scheduler: id, parent ids, order, retry_after.
-Entry = Tuple[str, List[str], OrderKey, Optional[str]]
+# A pending job's callable, as the supervisor times it: (module, name).
+CallableKey = Tuple[str, str]
 
-
-def _entry(row) -> Entry:
-    """The Entry of a row of Store.job_states / pending_states / changes_since."""
-    return (
-        sys.intern(row["id"]),
-        decode_ids(row["dependencies"]),
-        order_key(row["priority"], row["created_at"], row["seq"]),
-        row["retry_after"],
-    )
+# A pending job as the tracker hands it to the scheduler: id, parent ids, order, retry_after,
+# callable.
+Entry = Tuple[str, List[str], OrderKey, Optional[str], CallableKey]
 
 
 def eligible_at(retry_after: Optional[str], wall: datetime, mono: float) -> Optional[float]:
@@ -93,6 +87,21 @@ class Tracker:
         self._submission = submission if scope is not None else None
         self.on_rescan = on_rescan  # called before each full rescan: rows may have been deleted
         self.froze_gc = False  # set when its start from a submission left objects out of cyclic GC
+        self._callables: Dict[CallableKey, CallableKey] = {}  # one tuple per callable, however many jobs
+
+    def _callable(self, module: str, name: str) -> CallableKey:
+        key = (module, name)
+        return self._callables.setdefault(key, key)
+
+    def _entry(self, row) -> Entry:
+        """The Entry of a row of Store.job_states / pending_states / changes_since."""
+        return (
+            sys.intern(row["id"]),
+            decode_ids(row["dependencies"]),
+            order_key(row["priority"], row["created_at"], row["seq"]),
+            row["retry_after"],
+            self._callable(row["function_module"], row["function_name"]),
+        )
 
     def sync(self, running: Collection[str], force: bool = False) -> List[Tuple[str, str]]:
         """Catch up with what other processes wrote: read the change log past our cursor,
@@ -138,8 +147,15 @@ class Tracker:
         submission, self._submission = self._submission, None
         self._cursor = submission.cursor
         first = submission.first_seq
+        callable_key = self._callable
         entries = [
-            (sys.intern(row.id), row.dependencies, order_key(row.priority, row.created_at, first + i), None)
+            (
+                sys.intern(row.id),
+                row.dependencies,
+                order_key(row.priority, row.created_at, first + i),
+                None,
+                callable_key(row.function_module, row.function_name),
+            )
             for i, row in enumerate(submission.rows)
             if row.id in self.scope
         ]
@@ -151,7 +167,7 @@ class Tracker:
         del submission  # the last reference to its rows: they go before the scheduler grows
         for row in self.store.job_states(others):
             if row["status"] == "pending" and row["id"] not in running:
-                entries.append(_entry(row))
+                entries.append(self._entry(row))
         self._track(entries)
         self._resolve_external_parents(running)
         self._refresh_targets(running)
@@ -167,7 +183,7 @@ class Tracker:
         for job_id in self.scheduler.pending_ids() - pending_ids:
             self.scheduler.discard(job_id)  # cancelled or claimed by another supervisor
         for rows in self.store.pending_states(RESCAN_CHUNK):
-            fresh = [_entry(r) for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler]
+            fresh = [self._entry(r) for r in rows if r["id"] in pending_ids and r["id"] not in self.scheduler]
             self._track(fresh, pending_ids)
         self._resolve_external_parents(running)
         self._refresh_targets(running)
@@ -188,7 +204,7 @@ class Tracker:
                     # Run and failed meanwhile (by another supervisor, say): it must wait now.
                     self.scheduler.discard(job_id)
                 if job_id not in self.scheduler and (self.scope is None or job_id in self.scope):
-                    new_rows.append(_entry(row))  # submitted, requeued or revived elsewhere
+                    new_rows.append(self._entry(row))  # submitted, requeued or revived elsewhere
                 continue
             if job_id in self.scheduler:
                 self.scheduler.discard(job_id)  # cancelled elsewhere
@@ -205,7 +221,7 @@ class Tracker:
     def _track(self, entries: List[Entry], also_pending: Set[str] = frozenset()) -> None:
         """Start tracking pending jobs. A parent counts as unfinished if tracked here, among
         `entries` or in `also_pending`; otherwise its status is read."""
-        deps_of = {job_id: deps for job_id, deps, _, _ in entries}
+        deps_of = {job_id: deps for job_id, deps, _, _, _ in entries}
         tracked = self.scheduler.tracked_ids()
         unknown = {
             p for deps in deps_of.values() for p in deps if p not in deps_of and p not in tracked and p not in also_pending
@@ -214,7 +230,7 @@ class Tracker:
         wall, mono = datetime.now(), self.clock()
         blocked = []
         add = self.scheduler.add
-        for job_id, deps, key, retry_after in entries:
+        for job_id, deps, key, retry_after, callable_key in entries:
             unfinished = []
             for parent in deps:
                 if parent in deps_of or parent in tracked or parent in also_pending:
@@ -227,7 +243,7 @@ class Tracker:
                 if row["status"] != "completed":
                     unfinished.append(parent)
             else:
-                add(job_id, key, unfinished, eligible_at(retry_after, wall, mono) if retry_after else None)
+                add(job_id, key, unfinished, eligible_at(retry_after, wall, mono) if retry_after else None, callable_key)
         for job_id, parent, parent_row in blocked:
             if parent_row is None:
                 self.store.block(job_id, f"dependency {parent} does not exist", parent)

@@ -255,6 +255,25 @@ def test_priority_orders_every_ready_job(queue, db_path, tmp_path):
     assert queue.get_status(oldest_zero)["status"] == "completed"
 
 
+def test_a_job_of_higher_priority_ready_late_waits_for_no_job_of_a_slower_stage(queue, tmp_path):
+    """Each of a stage of quick jobs feeds a slower job; a priority-10 job becomes ready with
+    the last quick one. A claim takes slower jobs only for free worker slots, so the
+    priority-10 job overtakes nearly all of them (claims sized by the quick jobs' run times
+    took dozens into the send buffer, and it waited behind those)."""
+    log = str(tmp_path / "order.log")
+    wf = Workflow("stage change")
+    quick = [wf.add_job(Job(f"quick{i}", jobs.noop)) for i in range(200)]
+    for i in range(150):
+        params = {"path": log, "tag": f"slow{i}", "seconds": 0.02}
+        wf.add_job(Job(f"slow{i}", jobs.record_run_and_sleep, params=params), depends_on=[quick[i]])
+    urgent = Job("urgent", jobs.record_run, params={"path": log, "tag": "urgent"}, priority=10)
+    wf.add_job(urgent, depends_on=[quick[-1]])
+    wf.run(queue, workers=2)
+    order = read_lines(log)
+    assert sorted(order) == sorted(["urgent"] + [f"slow{i}" for i in range(150)])
+    assert order.index("urgent") <= 8, order[:20]
+
+
 def test_raising_job_retries_then_fails_with_type_and_traceback(queue, tmp_path):
     log = str(tmp_path / "times.log")
     wf = Workflow("retry")

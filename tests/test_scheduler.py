@@ -100,3 +100,35 @@ def test_parent_completed_counts_the_children_that_waited():
     assert s.parent_completed("p") == 2
     assert s.parent_completed("p") == 0
 
+
+
+def test_a_capped_pop_ends_at_the_first_job_whose_kind_does_not_fit():
+    s = Scheduler()
+    for i in range(4):
+        s.add(f"quick{i}", key(1, i), [], kind="quick")
+    s.add("slow0", key(0, 10), [], kind="slow")
+    s.add("quick-after", key(0, 11), [], kind="quick")
+    s.add("slow1", key(0, 12), [], kind="slow")
+    asked = []
+
+    def cap(kind):
+        asked.append(kind)
+        return {"quick": 100, "slow": 2}[kind]
+
+    # four quick jobs are already more than a batch with a slow job may hold: it waits, and
+    # so does the quick job behind it (the order holds)
+    assert s.pop_ready(0.0, 10, cap) == ["quick0", "quick1", "quick2", "quick3"]
+    assert asked == ["quick", "slow"]  # asked once per kind and call
+    assert s.ready_count(0.0) == 3
+    # a batch that starts with the slow job holds two jobs
+    assert s.pop_ready(0.0, 10, cap) == ["slow0", "quick-after"]
+    assert s.pop_ready(0.0, 10, cap) == ["slow1"]
+    assert s.pop_ready(0.0, 10, cap) == []
+
+
+def test_a_cap_of_zero_takes_nothing_and_loses_nothing():
+    s = Scheduler()
+    s.add("slow", key(0, 1), [], kind="slow")
+    assert s.pop_ready(0.0, 10, lambda kind: 0) == []
+    assert s.state("slow") == "ready"
+    assert s.pop_ready(0.0, 10) == ["slow"]
