@@ -35,7 +35,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
+from typing import Callable, Collection, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from .capture import collect
 from .forkserver import FORK_FAILED, UNKNOWN_EXIT, ForkedProcess, ForkServer
@@ -57,7 +57,9 @@ class Executor(Protocol):
     """What the supervisor needs from whatever runs its jobs."""
 
     def free_slots(self, depth: int) -> int: ...
-    def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None: ...
+    def dispatch(
+        self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]], slow: Collection[int] = ()
+    ) -> None: ...
     def wait(self, timeout: Optional[float], wake_fds: Iterable[int] = ()) -> list: ...
     def kill(self, job_id: str, attempt: int, status: str, error: str) -> list: ...
     def skip(self, job_id: str, attempt: int) -> None: ...
@@ -103,6 +105,13 @@ class WorkerProcess:
         self.accepted = 0  # jobs (counted from the first ever sent) reported started to the supervisor
         self.answered = False  # has it said it is ready (its first message)?
         self.skipping: Set[int] = set()  # attempts it was told to skip, not answered yet
+        self.slow: Set[int] = set()  # attempts sent to it as long jobs (some may be answered since)
+
+    def holds_slow(self) -> bool:
+        """Does it hold a job sent as long (queued or running)?"""
+        if self.slow:
+            self.slow.intersection_update([run.attempt for run in self.jobs])
+        return bool(self.slow)
 
     @property
     def pid(self) -> Optional[int]:
@@ -226,6 +235,8 @@ class LocalPool:
         `depth`, then enough to fill it, so each write carries several short jobs."""
         if len(worker.jobs) > depth // 2:
             return 0
+        if depth > 1 and worker.holds_slow():
+            return 0  # short jobs queued behind a long one would wait for it while others idle
         if self.max_tasks_per_worker:  # never send past the job that retires the process
             depth = min(depth, self.max_tasks_per_worker - worker.jobs_done)
         return max(0, depth - len(worker.jobs))
@@ -233,13 +244,16 @@ class LocalPool:
     def free_slots(self, depth: int) -> int:
         return sum(self._room(w, depth) for w in self.workers)
 
-    def dispatch(self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]]) -> None:
+    def dispatch(
+        self, runs: List[RunJob], depth: int, pickled: Dict[str, Optional[bytes]], slow: Collection[int] = ()
+    ) -> None:
         """Send jobs to the workers with the most room, one message per worker.
 
         Never waits for a worker to read: what its pipe does not take now is written
         as it drains (wait() watches for that), so a process busy with a long job and a
         full pipe cannot stall the supervisor. `pickled` maps function keys to pickled
-        callables (None: imported by name).
+        callables (None: imported by name). `slow`: the attempts among `runs` expected
+        to be long; a worker holding one gets no room for more while it does.
         """
         room = {worker: self._room(worker, depth) for worker in self.workers}
         batches: Dict[WorkerProcess, List[RunJob]] = {}
@@ -250,6 +264,8 @@ class LocalPool:
             room[worker] -= 1
             batches.setdefault(worker, []).append(run)
         for worker, batch in batches.items():
+            if slow:
+                worker.slow.update(run.attempt for run in batch if run.attempt in slow)
             try:
                 worker.send(batch, pickled)
             except OSError:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Hashable, KeysView, List, Optional, Sequ
 OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
 WAITING, READY, DELAYED, RUNNING = "waiting", "ready", "delayed", "running"
+_NO_KIND = object()  # no job's kind
 DROPPED = "dropped"  # no longer tracked (a record other structures may still hold)
 
 
@@ -145,7 +146,7 @@ class Scheduler:
         With `cap`, a job is taken only if the jobs taken, it included, number at most
         cap(kind) for the kind of each of them: jobs of a slow kind make a small batch. The
         first job that does not fit ends the batch (the ones after it wait too, so the
-        order holds)."""
+        order holds). If `cap` raises, the jobs taken so far are ready again."""
         jobs = self._jobs
         ready = self._ready
         while self._delayed and self._delayed[0][0] <= now:
@@ -153,27 +154,35 @@ class Scheduler:
             job = jobs.get(entry[2])
             if job is not None and job.entry is entry:
                 self._release(job, None)
-        taken: List[str] = []
+        taken: List[_Tracked] = []
         caps: Dict[Any, int] = {}
-        while ready and len(taken) < limit:
-            entry = ready[0]
-            job = jobs.get(entry[3])
-            if job is None or job.entry is not entry:
-                heapq.heappop(ready)  # stale: the job left this state since
-                continue
-            if cap is not None:
-                most = caps.get(job.kind)
-                if most is None:
-                    most = caps[job.kind] = cap(job.kind)
-                if len(taken) >= most:
-                    break
-                limit = min(limit, most)
-            heapq.heappop(ready)
-            job.state = RUNNING
-            job.entry = None
-            self._n_ready -= 1
-            taken.append(job.job_id)
-        return taken
+        kind: Any = _NO_KIND  # the kind of the job taken last, whose cap is applied already
+        try:
+            while ready and len(taken) < limit:
+                entry = ready[0]
+                job = jobs.get(entry[3])
+                if job is None or job.entry is not entry:
+                    heapq.heappop(ready)  # stale: the job left this state since
+                    continue
+                if cap is not None and job.kind is not kind:
+                    most = caps.get(job.kind)
+                    if most is None:
+                        most = caps[job.kind] = cap(job.kind)
+                    if len(taken) >= most:
+                        break
+                    limit = min(limit, most)
+                    kind = job.kind
+                heapq.heappop(ready)
+                job.state = RUNNING
+                job.entry = None
+                self._n_ready -= 1
+                taken.append(job)
+        except BaseException:
+            for job in taken:
+                if job.state is RUNNING:
+                    self._release(job, None)
+            raise
+        return [job.job_id for job in taken]
 
     def next_eligible_at(self) -> Optional[float]:
         """When the earliest delayed job becomes ready (stale heap entries may make it early)."""

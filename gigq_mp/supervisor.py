@@ -43,12 +43,11 @@ logger = get_logger(__name__)
 
 RETRY_BACKOFF_CAP = 3600.0  # seconds: the longest exponential retry delay
 RETRY_JITTER = 0.25  # a backed-off delay grows by up to this fraction, never shrinks
-QUICK_JOB_SECONDS = 0.02  # jobs shorter than this on average are sent ahead...
-QUEUED_SECONDS = 0.02  # ...about this much work per worker process...
+QUEUED_SECONDS = 0.02  # jobs are sent ahead to a worker process: about this much work...
 MAX_DEPTH = 128  # ...and at most this many jobs
 UNTIMED_SECONDS = 1.0  # the run time assumed of a callable none of whose jobs has finished here
 MAX_TIMED_FUNCTIONS = 4096  # callables whose run times are kept
-CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots, so one commit covers many
+CLAIM_AHEAD = 64  # short jobs claimed beyond the free slots (QUEUED_SECONDS of work a worker process at most)
 PROGRESS_SECONDS = 0.25  # between calls of the progress callback
 PRUNE_CHANGES_EVERY = 10_000  # attempts between trims of the change log
 MEMORY_CHECK_SECONDS = 0.1  # how often jobs with a memory limit are measured
@@ -119,6 +118,7 @@ class Supervisor:
     ):
         self.store = store
         self.worker_id = worker_id
+        self.concurrency = concurrency
         self.polling_interval = polling_interval
         self.grace_period = grace_period
         self.clock = clock
@@ -219,8 +219,8 @@ class Supervisor:
                     batch_since = None  # closed by the commit, even one that fails
                     self.store.commit_batch()
                 self._send()
-                if finished or (max_attempts is not None and not self.running):
-                    break  # with max_attempts and nothing running, nothing was ready
+                if finished or (max_attempts is not None and not self.running and not self.scheduler.ready_count(now)):
+                    break  # with max_attempts, nothing running and nothing ready
                 timeout = self._wait_timeout(now)
                 if batch_since is not None:
                     timeout = min(timeout, max(0.0, batch_since + self._flush_seconds() - now))
@@ -380,9 +380,13 @@ class Supervisor:
         return max(map(self._seconds, {(r.function_module, r.function_name) for r in self._buffer}))
 
     def _claim_ahead(self, slowest: float) -> int:
-        """Short jobs are claimed this many beyond the free slots, so one commit covers many;
-        none while another supervisor shares the database (it would be starved)."""
-        return CLAIM_AHEAD if slowest < QUICK_JOB_SECONDS and not self._peers else 0
+        """Short jobs are claimed this many beyond the free slots, so one commit covers many:
+        about QUEUED_SECONDS of work per worker process (a job of higher priority that becomes
+        ready waits for no more), at most CLAIM_AHEAD jobs; none while another supervisor
+        shares the database (it would be starved)."""
+        if self._peers:
+            return 0
+        return min(CLAIM_AHEAD, int(QUEUED_SECONDS * self.concurrency / max(slowest, 1e-6)))
 
     def _claim(self, now: float, budget: Optional[int]) -> bool:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
@@ -468,8 +472,14 @@ class Supervisor:
         executor = self._ensure_executor()
         depth = self._depth()
         count = min(executor.free_slots(depth), len(self._buffer))
-        if count:
-            executor.dispatch([self._buffer.popleft() for _ in range(count)], depth, self._functions)
+        if not count:
+            return
+        runs = [self._buffer.popleft() for _ in range(count)]
+        slow = ()
+        if depth == 1:  # some of them are long: the pool queues no short job behind one
+            seconds = self._seconds
+            slow = {r.attempt for r in runs if _depth_for(seconds((r.function_module, r.function_name))) == 1}
+        executor.dispatch(runs, depth, self._functions, slow)
 
     def _release_buffer(self) -> None:
         """Stopping: claimed jobs that never left for a worker go back to pending."""

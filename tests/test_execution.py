@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta
 
 import psutil
 import pytest
@@ -272,6 +273,44 @@ def test_a_job_of_higher_priority_ready_late_waits_for_no_job_of_a_slower_stage(
     order = read_lines(log)
     assert sorted(order) == sorted(["urgent"] + [f"slow{i}" for i in range(150)])
     assert order.index("urgent") <= 8, order[:20]
+
+
+@pytest.mark.parametrize("seconds", [0.03, 0.012, 0.004])
+def test_a_job_of_higher_priority_waits_for_little_of_a_timed_slower_stage(queue, tmp_path, seconds):
+    """A stage of slower jobs, timed already, runs while a priority-10 job waits for a gate
+    job. Once the gate ends, the priority-10 job waits only for what the workers and the
+    send buffer hold: about 20 ms of work per worker process each (jobs shorter than 20 ms
+    were claimed 64 ahead: ~70 of them ran first)."""
+    log = str(tmp_path / "order.log")
+    wf = Workflow("timed stage")
+    for i in range(200):
+        params = {"path": log, "tag": f"slow{i}", "seconds": seconds}
+        wf.add_job(Job(f"slow{i}", jobs.record_run_and_sleep, params=params))
+    gate_params = {"path": log, "tag": "gate", "seconds": 0.4}
+    gate = wf.add_job(Job("gate", jobs.record_start_sleep_finish, params=gate_params, priority=5))
+    urgent = Job("urgent", jobs.record_run, params={"path": log, "tag": "urgent"}, priority=10)
+    wf.add_job(urgent, depends_on=[gate])
+    wf.run(queue, workers=2)
+    order = read_lines(log)
+    gate_done = next(i for i, line in enumerate(order) if line.startswith("done gate"))
+    # Jobs of 4 ms: 5 queued per worker process and 10 claimed ahead, plus the 2 running, at
+    # most; of 12-30 ms: one per worker process and up to 3 claimed ahead.
+    assert order.index("urgent") - gate_done - 1 <= (24 if seconds < 0.01 else 6), order[gate_done:]
+
+
+def test_no_short_job_queues_behind_a_long_one(queue):
+    """A long job runs on one worker process; the short jobs beside it all go to the other
+    (deep queues of short jobs are for workers whose jobs are all short)."""
+    wf = Workflow("beside a long job")
+    long = wf.add_job(Job("long", jobs.sleep_for, params={"seconds": 3}, priority=10))
+    quick = [wf.add_job(Job(f"quick{i}", jobs.noop)) for i in range(400)]
+    wf.run(queue, workers=2)
+    long_started = datetime.fromisoformat(queue.get_status(long.id)["started_at"])
+    long_done = datetime.fromisoformat(queue.get_status(long.id)["completed_at"])
+    finished = {job.name: datetime.fromisoformat(queue.get_status(job.id)["completed_at"]) for job in quick}
+    late = [name for name, at in finished.items() if at > long_done - timedelta(seconds=1)]
+    assert (long_done - long_started).total_seconds() >= 2.9
+    assert late == []
 
 
 def test_raising_job_retries_then_fails_with_type_and_traceback(queue, tmp_path):

@@ -227,7 +227,7 @@ class HeldJobs:
     def free_slots(self, depth):
         return 8
 
-    def dispatch(self, runs, depth, pickled):
+    def dispatch(self, runs, depth, pickled, slow=()):
         self.sent.extend(runs)
 
     def wait(self, timeout, wake_fds=()):
@@ -683,9 +683,9 @@ class DepthRecorder(HeldJobs):
         super().__init__()
         self.depths = []
 
-    def dispatch(self, runs, depth, pickled):
+    def dispatch(self, runs, depth, pickled, slow=()):
         self.depths.append(depth)
-        super().dispatch(runs, depth, pickled)
+        super().dispatch(runs, depth, pickled, slow)
 
 
 @pytest.mark.timeout(60)

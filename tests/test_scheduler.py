@@ -132,3 +132,20 @@ def test_a_cap_of_zero_takes_nothing_and_loses_nothing():
     assert s.pop_ready(0.0, 10, lambda kind: 0) == []
     assert s.state("slow") == "ready"
     assert s.pop_ready(0.0, 10) == ["slow"]
+
+
+def test_jobs_taken_before_a_cap_raises_are_ready_again():
+    s = Scheduler()
+    s.add("a", key(0, 1), [], kind="ok")
+    s.add("b", key(0, 2), [], kind="boom")
+
+    def cap(kind):
+        if kind == "boom":
+            raise KeyboardInterrupt
+        return 10
+
+    with pytest.raises(KeyboardInterrupt):
+        s.pop_ready(0.0, 10, cap)
+    assert s.state("a") == "ready" and s.state("b") == "ready"
+    assert s.ready_count(0.0) == 2
+    assert s.pop_ready(0.0, 10) == ["a", "b"]
