@@ -81,8 +81,10 @@ class Attempt:
     peak_mb: float = 0.0
     claim: int = 0  # unique per claim in this supervisor: what RunJob.attempt and replies carry
     succeeded: bool = False  # its success is queued (a Ctrl-C may make its event come again)
-    # What its run time counts for: its callable's module and qualified name. By name, not by
-    # pickle: closures of one function (a lambda made in a loop) share their timing.
+    # What its run time counts for: its callable's module and __name__ (the row's
+    # function_module and function_name). By name, not by pickle: closures of one function (a
+    # lambda made in a loop) share their timing; so do every functools.partial ("partial")
+    # and same-named functions of one module, which is coarser than it should be.
     timed_as: Tuple[str, str] = ("", "")
 
 
