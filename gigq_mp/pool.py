@@ -358,6 +358,7 @@ class LocalPool:
                 worker.jobs.popleft()
                 worker.jobs_done += 1
                 worker.skipping.discard(reply.attempt)
+                worker.slow.discard(reply.attempt)
             worker.accepted = max(worker.accepted, worker.jobs_done)
             if self.max_tasks_per_worker and worker.jobs_done >= self.max_tasks_per_worker:
                 self._retire(worker)

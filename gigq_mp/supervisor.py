@@ -394,9 +394,10 @@ class Supervisor:
         """Claim ready jobs into the send buffer (inside the open batch). True if any were claimed.
 
         A claim takes what the free slots hold at the depth its own slowest job (or the
-        slowest job already waiting in the buffer) allows: quick jobs many at a time, and a
-        handful ahead, so one commit covers several; long jobs only for free slots, so a
-        job of higher priority that becomes ready meanwhile waits for no claimed job.
+        slowest job already waiting in the buffer) allows, plus about QUEUED_SECONDS of its
+        work per worker process ahead, so one commit covers several quick jobs; jobs of
+        callables not timed yet count as slow, and are claimed only for free slots. A job
+        of higher priority that becomes ready waits for that much claimed work at most.
         """
         executor = self._ensure_executor()
         buffered = self._slowest_waiting()  # read once: it walks the buffer
@@ -409,6 +410,7 @@ class Supervisor:
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
+            self.scheduler.pop_ready(now, 0)  # still make due retries ready: else the wait times out at once
             return False
         seconds = self._seconds
         job_ids = self.scheduler.pop_ready(now, want, lambda key: most(max(seconds(key), buffered)))

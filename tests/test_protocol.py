@@ -745,3 +745,44 @@ def test_jobs_of_a_callable_not_timed_yet_are_sent_one_at_a_time_whatever_the_ot
     catch_up(supervisor)
     claim_all(supervisor)
     assert len(slow) == 2 and executor.depths[-1] == 2  # 20 ms of work per worker / 10 ms a job
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_falling_due_while_no_claim_fits_does_not_make_the_supervisor_spin(queue, db_path):
+    """process_one runs a 2 s job while a failed job's retry falls due: nothing may be
+    claimed meanwhile (its one attempt is running), and the retry must still leave the
+    delayed heap, or each wait would time out at once for it until the job ends."""
+    from gigq_mp import Worker
+
+    queue.submit(Job("fails", jobs.raise_value_error, priority=10, max_attempts=2, retry_delay=0.3))
+    queue.submit(Job("runs", jobs.sleep_for, params={"seconds": 2}, priority=5))
+    worker = Worker(db_path, concurrency=1, polling_interval=5)
+    try:
+        assert worker.process_one() is True  # the first attempt fails; the retry is due in 0.3 s
+        cpu = time.process_time()
+        assert worker.process_one() is True  # the 2 s job
+        used = time.process_time() - cpu
+    finally:
+        worker.close()
+    assert used < 0.5, f"the supervisor used {used:.2f} s of CPU while a job ran for 2 s"
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_forgets_a_long_job_once_it_is_answered(queue, monkeypatch):
+    """Jobs of ~12 ms go one at a time, marked long; the pool drops each mark with its
+    reply, so a worker process's marks never outnumber the jobs it holds."""
+    from gigq_mp import pool as pool_module
+
+    most = [0]
+    dispatch = pool_module.LocalPool.dispatch
+
+    def noting(self, runs, depth, pickled, slow=()):
+        dispatch(self, runs, depth, pickled, slow)
+        most[0] = max([most[0]] + [len(w.slow) for w in self.workers])
+
+    monkeypatch.setattr(pool_module.LocalPool, "dispatch", noting)
+    wf = Workflow("12 ms jobs")
+    for i in range(100):
+        wf.add_job(Job(f"j{i}", jobs.sleep_for, params={"seconds": 0.012}))
+    wf.run(queue, workers=2, progress=False)
+    assert 1 <= most[0] <= 2, f"a worker process held {most[0]} marks of long jobs"
