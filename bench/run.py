@@ -416,6 +416,9 @@ def main() -> int:
         r = speedup(m["d.ours"], m[f"d.{peer}"])
         bar, met = (">= 1.9x", at_least(r, 1.9)) if peer == "serial" else ("", "")
         row(wl, fig_time(m["d.ours"]), peer, fig_time(m[f"d.{peer}"]), fmt_bound(r), bar, met)
+    if "d.ppe" in m and "d.serial" in m:  # what this host allows a forking pool in the same run
+        row(f"{wl}, ProcessPoolExecutor(2) in gigq_mp's place", fig_time(m["d.ppe"]), "serial",
+            fig_time(m["d.serial"]), fmt_bound(speedup(m["d.ppe"], m["d.serial"])), "(reference)", "")
     # (e) scale
     size_ratio = e_large / e_small
     ratio_bar = 1.2 * size_ratio  # 12 for 100k/10k
