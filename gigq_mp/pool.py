@@ -105,13 +105,7 @@ class WorkerProcess:
         self.accepted = 0  # jobs (counted from the first ever sent) reported started to the supervisor
         self.answered = False  # has it said it is ready (its first message)?
         self.skipping: Set[int] = set()  # attempts it was told to skip, not answered yet
-        self.slow: Set[int] = set()  # attempts sent to it as long jobs (some may be answered since)
-
-    def holds_slow(self) -> bool:
-        """Does it hold a job sent as long (queued or running)?"""
-        if self.slow:
-            self.slow.intersection_update([run.attempt for run in self.jobs])
-        return bool(self.slow)
+        self.slow: Set[int] = set()  # attempts among `jobs` sent to it as long ones (dropped with their reply)
 
     @property
     def pid(self) -> Optional[int]:
@@ -235,7 +229,7 @@ class LocalPool:
         `depth`, then enough to fill it, so each write carries several short jobs."""
         if len(worker.jobs) > depth // 2:
             return 0
-        if depth > 1 and worker.holds_slow():
+        if depth > 1 and worker.slow:
             return 0  # short jobs queued behind a long one would wait for it while others idle
         if self.max_tasks_per_worker:  # never send past the job that retires the process
             depth = min(depth, self.max_tasks_per_worker - worker.jobs_done)

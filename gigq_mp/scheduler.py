@@ -87,7 +87,8 @@ class Scheduler:
         kind: Hashable = None,
     ) -> None:
         """Track a pending job; it becomes ready once every listed parent has completed.
-        `kind` is handed back to pop_ready's `cap` (the supervisor passes its callable)."""
+        `kind` is handed back to pop_ready's `cap` (the tracker passes the job's callable key:
+        module and name)."""
         if job_id in self._jobs:
             self.discard(job_id)  # tracked anew: what its old record waited for no longer counts
         if not unfinished_parents:
@@ -149,11 +150,7 @@ class Scheduler:
         order holds). If `cap` raises, the jobs taken so far are ready again."""
         jobs = self._jobs
         ready = self._ready
-        while self._delayed and self._delayed[0][0] <= now:
-            entry = heapq.heappop(self._delayed)
-            job = jobs.get(entry[2])
-            if job is not None and job.entry is entry:
-                self._release(job, None)
+        self.release_due(now)
         taken: List[_Tracked] = []
         caps: Dict[Any, int] = {}
         kind: Any = _NO_KIND  # the kind of the job taken last, whose cap is applied already
@@ -183,6 +180,15 @@ class Scheduler:
                     self._release(job, None)
             raise
         return [job.job_id for job in taken]
+
+    def release_due(self, now: float) -> None:
+        """Delayed jobs whose time has come join the ready ones."""
+        jobs = self._jobs
+        while self._delayed and self._delayed[0][0] <= now:
+            entry = heapq.heappop(self._delayed)
+            job = jobs.get(entry[2])
+            if job is not None and job.entry is entry:
+                self._release(job, None)
 
     def next_eligible_at(self) -> Optional[float]:
         """When the earliest delayed job becomes ready (stale heap entries may make it early)."""

@@ -327,6 +327,9 @@ class Supervisor:
         self._enforce_limits(self.clock())
 
     def _wait_timeout(self, now: float) -> float:
+        # Retries now due become ready first: counted as delayed, they would make every
+        # wait time out at once while nothing may be claimed (workers busy, stopping).
+        self.scheduler.release_due(now)
         candidates = [self.polling_interval]
         if self._deadlines:
             candidates.append(self._deadlines[0][0] - now)
@@ -352,9 +355,14 @@ class Supervisor:
     def _sync(self, force: bool = False) -> None:
         """Catch up with other processes' writes (tracking.py); stop the jobs running here
         that someone else changed meanwhile."""
+        again = []
         for job_id, status in self.tracker.sync(self.running, force):
             if job_id in self.running:
                 self._taken_away(self.running[job_id], status)
+                if status == "pending":
+                    again.append(job_id)  # cancelled and requeued, say: it must run again
+        if again:
+            self.tracker.track_again(again)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -396,8 +404,8 @@ class Supervisor:
         A claim takes what the free slots hold at the depth its own slowest job (or the
         slowest job already waiting in the buffer) allows, plus about QUEUED_SECONDS of its
         work per worker process ahead, so one commit covers several quick jobs; jobs of
-        callables not timed yet count as slow, and are claimed only for free slots. A job
-        of higher priority that becomes ready waits for that much claimed work at most.
+        callables not timed yet count as slow (UNTIMED_SECONDS). A job of higher priority
+        that becomes ready waits for that much claimed work at most.
         """
         executor = self._ensure_executor()
         buffered = self._slowest_waiting()  # read once: it walks the buffer
@@ -410,7 +418,6 @@ class Supervisor:
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
-            self.scheduler.pop_ready(now, 0)  # still make due retries ready: else the wait times out at once
             return False
         seconds = self._seconds
         job_ids = self.scheduler.pop_ready(now, want, lambda key: most(max(seconds(key), buffered)))

@@ -251,6 +251,21 @@ class Tracker:
             else:
                 self.forget(self.store.cascade(parent, parent_row["status"]))
 
+    def track_again(self, job_ids: List[str]) -> None:
+        """Jobs taken away from this supervisor while they ran, pending again (cancelled and
+        requeued meanwhile): the change log showed them while they were running here, when
+        they could not be tracked, so track them now, or no one here would run them."""
+        rows = self.store.job_states(job_ids)
+        self._track(
+            [
+                self._entry(row)
+                for row in rows
+                if row["status"] == "pending"
+                and row["id"] not in self.scheduler
+                and (self.scope is None or row["id"] in self.scope)
+            ]
+        )
+
     def _resolve_external_parents(self, running: Collection[str]) -> None:
         external = self.scheduler.external_parents() - set(running)
         if not external:

@@ -19,7 +19,7 @@ from gigq_mp import Job, Worker
 
 from . import jobs
 from .jobs import read_lines
-from .util import WorkerThread, kill_pids, subprocess_env, wait_pids_gone, wait_terminal
+from .util import WorkerThread, kill_pids, subprocess_env, wait_pids_gone, wait_terminal, wait_until
 
 N_JOBS = 200
 
@@ -195,3 +195,67 @@ def test_process_one_from_a_background_thread(queue, db_path):
     assert not thread.is_alive()
     assert outcome == {"processed": True}
     assert queue.get_result(job_id) == 7
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_falling_due_while_stopping_does_not_make_the_supervisor_spin(queue, db_path):
+    """stop() while a 3 s job runs and a failed job's retry falls due: the grace period
+    waits for the running job without counting the due retry as a deadline passed."""
+    queue.submit(Job("runs", jobs.sleep_for, params={"seconds": 3}, priority=5))
+    fails = queue.submit(Job("fails", jobs.raise_value_error, priority=10, max_attempts=3, retry_delay=0.3))
+    worker = Worker(db_path, concurrency=2, polling_interval=5, grace_period=10)
+    with WorkerThread(worker) as thread:
+        wait_until(lambda: queue.get_status(fails)["attempts"] >= 1 and queue.get_status(fails)["status"] == "pending",
+                   10, "the first failure")
+        cpu = time.process_time()
+        took = thread.stop()
+        used = time.process_time() - cpu
+    assert took > 2.0  # the 3 s job was let finish
+    assert used < 0.5, f"the supervisor used {used:.2f} s of CPU over a {took:.1f} s grace period"
+
+
+@pytest.mark.timeout(60)
+def test_a_job_cancelled_and_requeued_while_it_runs_runs_again(queue, db_path, tmp_path):
+    """cancel(kill=True), then requeue_job(), both before the supervisor looks: it sees its
+    running job pending, kills it, and must track it again to run it."""
+    log = str(tmp_path / "runs.log")
+    job = queue.submit(Job("long", jobs.record_run_and_sleep, params={"path": log, "tag": "long", "seconds": 2}))
+    worker = Worker(db_path, concurrency=1, polling_interval=1)
+    with WorkerThread(worker):
+        wait_until(lambda: queue.get_status(job)["status"] == "running", 10, "the job to run")
+        time.sleep(0.3)
+        assert queue.cancel(job, kill=True)
+        assert queue.requeue_job(job)
+        wait_until(lambda: queue.get_status(job)["status"] == "completed", 20, "the requeued job to complete")
+    assert read_lines(log) == ["long", "long"]
+
+
+@pytest.mark.timeout(60)
+def test_workflow_run_ends_when_its_running_job_is_cancelled_and_requeued(db_path, tmp_path):
+    from gigq_mp import JobQueue, Workflow
+
+    log = str(tmp_path / "runs.log")
+    wf = Workflow("requeued")
+    long = wf.add_job(Job("long", jobs.record_run_and_sleep, params={"path": log, "tag": "long", "seconds": 2}))
+    run_queue, other = JobQueue(db_path), JobQueue(db_path)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["results"] = wf.run(run_queue, workers=1, timeout=20, progress=False)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_until(lambda: other.get_status(long.id).get("status") == "running", 10, "the job to run")
+        time.sleep(0.3)
+        assert other.cancel(long.id, kill=True) and other.requeue_job(long.id)
+    finally:
+        thread.join(40)
+        run_queue.close()
+        other.close()
+    assert "error" not in outcome, repr(outcome.get("error"))
+    assert outcome["results"] == {long.id: "long"}
+    assert read_lines(log) == ["long", "long"]
