@@ -3,7 +3,8 @@ PYTHON ?= python3
 .PHONY: install install-test install-bench demo test bench bench-quick
 
 # An editable install leaves gigq_mp uncompiled: byte-compile it as pip does a regular install,
-# or each fork server start compiles it anew where PYTHONDONTWRITEBYTECODE is set.
+# or each fork server start compiles it anew where PYTHONDONTWRITEBYTECODE is set (and again
+# after each change to gigq_mp, until one of these targets runs).
 COMPILE = $(PYTHON) -m compileall -q gigq_mp
 
 install:
