@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Hashable, KeysView, List, Optional, Sequ
 OrderKey = Tuple[int, float, int]  # (-priority, created_at as a timestamp, sequence)
 
 WAITING, READY, DELAYED, RUNNING = "waiting", "ready", "delayed", "running"
-_NO_KIND = object()  # no job's kind
 DROPPED = "dropped"  # no longer tracked (a record other structures may still hold)
+_NO_KIND = object()  # no job's kind
 
 
 def order_key(priority: int, created_at: str, sequence: int) -> OrderKey:

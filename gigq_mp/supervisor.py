@@ -37,7 +37,7 @@ from .recovery import reclaim_from_dead, register
 from .resultcache import ResultCache
 from .scheduler import Scheduler
 from .store import AttemptRef, Claimed, Store, Submission, Success, remove_file
-from .tracking import Tracker, decode_ids
+from .tracking import CallableKey, Tracker, decode_ids
 
 logger = get_logger(__name__)
 
@@ -85,7 +85,7 @@ class Attempt:
     # function_module and function_name). By name, not by pickle: closures of one function (a
     # lambda made in a loop) share their timing; so do every functools.partial ("partial")
     # and same-named functions of one module, which is coarser than it should be.
-    timed_as: Tuple[str, str] = ("", "")
+    timed_as: CallableKey = ("", "")
 
 
 def retry_delay_for(attempt: Attempt, jitter: float) -> float:
@@ -154,7 +154,7 @@ class Supervisor:
         self._targets = frozenset(targets or ())
         self.finished_attempts = 0
         self._next_prune = PRUNE_CHANGES_EVERY  # finished attempts at the next trim of the change log
-        self._durations: Dict[Tuple[str, str], float] = {}  # (module, name) of a callable -> moving average of its run time
+        self._durations: Dict[CallableKey, float] = {}  # a callable's moving average run time
         self._functions: Dict[str, Optional[bytes]] = {}
         self._claims = 0  # claims made by this supervisor (Attempt.claim)
         self._buffer: Deque[RunJob] = collections.deque()  # claimed and committed, not yet sent
@@ -378,16 +378,20 @@ class Supervisor:
         the strength of the quick ones' times."""
         return _depth_for(self._slowest_waiting())
 
-    def _seconds(self, callable_key: Tuple[str, str]) -> float:
+    def _seconds(self, callable_key: CallableKey) -> float:
         """What a job of this callable takes, by its own run times here (UNTIMED_SECONDS for
         one none of whose jobs has finished here yet)."""
         return self._durations.get(callable_key, UNTIMED_SECONDS)
+
+    def _run_seconds(self, run: RunJob) -> float:
+        """_seconds() of the callable of a job about to be sent."""
+        return self._durations.get((run.function_module, run.function_name), UNTIMED_SECONDS)
 
     def _slowest_waiting(self) -> float:
         """Seconds a job of the slowest callable waiting to be sent takes (0 with none)."""
         if not self._buffer:
             return 0.0
-        return max(map(self._seconds, {(r.function_module, r.function_name) for r in self._buffer}))
+        return max(map(self._run_seconds, self._buffer))
 
     def _claim_ahead(self, slowest: float) -> int:
         """Short jobs are claimed this many beyond the free slots, so one commit covers many:
@@ -488,8 +492,7 @@ class Supervisor:
         runs = [self._buffer.popleft() for _ in range(count)]
         slow = ()
         if depth == 1:  # some of them are long: the pool queues no short job behind one
-            seconds = self._seconds
-            slow = {r.attempt for r in runs if _depth_for(seconds((r.function_module, r.function_name))) == 1}
+            slow = {r.attempt for r in runs if _depth_for(self._run_seconds(r)) == 1}
         executor.dispatch(runs, depth, self._functions, slow)
 
     def _release_buffer(self) -> None:
